@@ -1,0 +1,162 @@
+"""The one LightningDataModule: prepare (cached) → split (leakage-checked) → batches through the model's view."""
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from rectorch.data.prepare import Preprocessing, load_or_prepare
+from rectorch.data.prepared import PreparedDataset
+from rectorch.data.sources import InteractionsFileSource
+from rectorch.data.spec import DataSpec
+from rectorch.data.splits import LeaveOneOut, SplitData, TemporalSplit
+from rectorch.data.views import IndexDataset, PairView, SequenceView, eval_dataset
+from rectorch.evaluation import EvaluationSettings, Protocol, RankingEvaluator
+from rectorch.evaluation.protocol import ranking_label
+
+
+class RecDataModule(L.LightningDataModule):
+    """Serves one prepared dataset to any model through the model's view.
+
+    Args:
+        source: a reader with ``load()``, ``files()`` and ``config()`` (see ``rectorch.data.sources``).
+        preprocessing: dedup / rating / k-core filters applied before id mapping.
+        split: ``LeaveOneOut()`` or ``TemporalSplit(...)``.
+        evaluation: ranking protocol settings (K list, seen masking, full or sampled ranking).
+        batch_size: training batch size; ``eval_batch_size`` defaults to ``evaluation.batch_users``.
+        cache_dir: where prepared datasets are cached by fingerprint (``None`` disables caching).
+    """
+
+    def __init__(
+        self,
+        source,
+        preprocessing: Preprocessing,
+        split: LeaveOneOut | TemporalSplit,
+        evaluation: EvaluationSettings,
+        batch_size: int = 128,
+        cache_dir: str | Path | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size <= 0:
+            raise ValueError(f"data.batch_size must be positive, got {batch_size}")
+        self.source, self.preprocessing, self.splitter = source, preprocessing, split
+        self.evaluation, self.batch_size, self.num_workers = evaluation, batch_size, num_workers
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.dataset: PreparedDataset | None = None
+        self.split: SplitData | None = None
+        self.view: SequenceView | PairView | None = None
+
+    def prepare_data(self) -> None:
+        load_or_prepare(self.source, self.preprocessing, self.cache_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is not None:
+            return
+        self.dataset = load_or_prepare(self.source, self.preprocessing, self.cache_dir)
+        self.split = self.splitter(self.dataset)
+        self.evaluation.validate(self.dataset.num_items)
+
+    @property
+    def spec(self) -> DataSpec:
+        if self.dataset is None:
+            self.setup()
+        return self.dataset.spec()
+
+    @property
+    def features(self):
+        return self.dataset.user_features, self.dataset.item_features
+
+    def item_popularity(self) -> np.ndarray:
+        """Training interactions per item, shape ``(num_items + 1,)``."""
+        return np.bincount(self.split.train.items, minlength=self.dataset.num_items + 1)
+
+    def item_category(self) -> np.ndarray | None:
+        name = self.dataset.category_feature
+        if name is None:
+            return None
+        column = self.dataset.item_features.columns[name]
+        return column if column.ndim == 1 else column[:, 0]
+
+    def _loader(self, dataset: IndexDataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=dataset.collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _require_view(self) -> SequenceView | PairView:
+        if self.view is None:
+            raise RuntimeError("RecDataModule.view is unset: assign the model's view before building loaders")
+        return self.view
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._require_view().train_dataset(self.split.train, self.features)
+        if len(dataset) == 0:
+            raise ValueError(f"{self.dataset.name}: no training examples for {type(self.view).__name__}")
+        return self._loader(dataset, self.batch_size, shuffle=True)
+
+    def eval_dataloader(self, stage: str) -> DataLoader:
+        dataset = eval_dataset(self._require_view(), self.split.eval_set(stage), self.features)
+        return self._loader(dataset, self.evaluation.batch_users, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("test")
+
+    def evaluator(self) -> RankingEvaluator:
+        category = self.item_category()
+        return RankingEvaluator(
+            self.evaluation,
+            self.dataset.num_items,
+            torch.from_numpy(self.item_popularity()),
+            None if category is None else torch.from_numpy(category),
+        )
+
+    def protocol(self, stage: str) -> Protocol:
+        """What metrics of ``stage`` are measured on; sampled ranking never ranks seen items."""
+        settings = self.evaluation
+        return Protocol(
+            dataset=self.dataset.name,
+            split=self.split.kind,
+            ranking=ranking_label(settings.sampled_negatives),
+            mask_seen=settings.mask_seen or settings.sampled_negatives is not None,
+            ks=settings.ks,
+            users=len(self.split.eval_set(stage)),
+        )
+
+
+def file_datamodule(
+    path: str,
+    preprocessing: Preprocessing,
+    split: LeaveOneOut | TemporalSplit,
+    evaluation: EvaluationSettings,
+    user_col: str = "user_id",
+    item_col: str = "item_id",
+    time_col: str | None = None,
+    rating_col: str | None = None,
+    sep: str | None = None,
+    name: str = "csv",
+    item_features_path: str | None = None,
+    batch_size: int = 128,
+    cache_dir: str | None = None,
+) -> RecDataModule:
+    """A ``RecDataModule`` over one CSV/Parquet interactions file (what ``data=csv data.path=...`` builds)."""
+    source = InteractionsFileSource(
+        path=path,
+        user_col=user_col,
+        item_col=item_col,
+        time_col=time_col,
+        rating_col=rating_col,
+        sep=sep,
+        name=name,
+        item_features_path=item_features_path,
+    )
+    return RecDataModule(source, preprocessing, split, evaluation, batch_size=batch_size, cache_dir=cache_dir)

@@ -1,0 +1,166 @@
+"""One transformer backbone over item sequences, shared by SASRec (causal) and BERT4Rec (bidirectional).
+
+Written in nanoGPT order: attention → feed-forward → block → encoder. Attention is
+``F.scaled_dot_product_attention`` with a boolean mask, so the module exports with
+``torch.onnx.export(dynamo=True)``: forward has no Python branches on tensor values.
+Sequences are right-aligned (the newest item is the last column) and 0-padded.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over a boolean ``allowed`` mask.
+
+    Args:
+        dim: model width ``D``.
+        num_heads: heads; ``dim`` must be divisible by it.
+        dropout: dropout on attention weights and on the output projection.
+
+    Shapes:
+        x: ``(B, L, D)``; allowed: ``(B, 1, L, L)`` (True = may attend) → ``(B, L, D)``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        self.num_heads, self.dropout = num_heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.out_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(  # (B, nh, L, hs)
+            q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out_dropout(self.proj(y.transpose(1, 2).reshape(B, L, D)))
+
+
+class FeedForward(nn.Module):
+    """Position-wise two-layer MLP.
+
+    Args:
+        dim: model width ``D``.
+        hidden: inner width (SASRec uses ``D``, BERT4Rec ``4 D``).
+        activation: non-linearity module (``nn.ReLU()`` for SASRec, ``nn.GELU()`` for BERT4Rec).
+        dropout: dropout after each layer.
+    """
+
+    def __init__(self, dim: int, hidden: int, activation: nn.Module, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden), activation, nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class Block(nn.Module):
+    """Attention + feed-forward with residuals, LayerNorm before (pre-LN) or after (post-LN) each."""
+
+    def __init__(
+        self, dim: int, num_heads: int, hidden: int, activation: nn.Module, dropout: float, pre_norm: bool
+    ) -> None:
+        super().__init__()
+        self.pre_norm = pre_norm
+        self.ln_attn, self.ln_ffn = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, num_heads, dropout)
+        self.ffn = FeedForward(dim, hidden, activation, dropout)
+
+    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
+        if self.pre_norm:
+            x = x + self.attn(self.ln_attn(x), allowed)
+            return x + self.ffn(self.ln_ffn(x))
+        x = self.ln_attn(x + self.attn(x, allowed))
+        return self.ln_ffn(x + self.ffn(x))
+
+
+class SequenceEncoder(nn.Module):
+    """Item sequences → one hidden vector per position.
+
+    Item embedding (row 0 = padding, then ``num_items`` items, then ``extra_tokens`` special rows such
+    as BERT4Rec's [MASK]), learnable positions counted from the right end, ``num_blocks`` transformer
+    blocks. Padding keys are never attended to; a padding query attends to itself only, so every row of
+    the attention is finite and padded positions never influence real ones.
+
+    Args:
+        num_items: catalog size; item ids are ``1..num_items``.
+        max_len: longest sequence (number of position embeddings).
+        dim: model width ``D``.
+        num_blocks: transformer blocks.
+        num_heads: attention heads per block.
+        dropout: embedding, attention and feed-forward dropout.
+        causal: position ``t`` sees only positions ``≤ t`` (SASRec) or all of them (BERT4Rec).
+        pre_norm: pre-LN blocks plus a final LayerNorm, else post-LN blocks after an embedding LayerNorm.
+        ffn_hidden: feed-forward inner width (default ``dim``).
+        activation: feed-forward non-linearity (default ``nn.ReLU()``).
+        extra_tokens: special embedding rows after the items.
+        scale_embeddings: multiply item embeddings by ``sqrt(D)`` (as SASRec does).
+
+    Shapes:
+        items: ``(B, L)`` with ``L ≤ max_len``, right-aligned → ``(B, L, D)``.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        max_len: int,
+        dim: int = 64,
+        num_blocks: int = 2,
+        num_heads: int = 1,
+        dropout: float = 0.2,
+        causal: bool = True,
+        pre_norm: bool = True,
+        ffn_hidden: int | None = None,
+        activation: nn.Module | None = None,
+        extra_tokens: int = 0,
+        scale_embeddings: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_items, self.max_len, self.dim = num_items, max_len, dim
+        self.causal, self.pre_norm = causal, pre_norm
+        self.scale = math.sqrt(dim) if scale_embeddings else 1.0
+        self.item_embedding = nn.Embedding(num_items + 1 + extra_tokens, dim, padding_idx=0)
+        self.position_embedding = nn.Embedding(max_len, dim)
+        self.dropout = nn.Dropout(dropout)
+        activation = nn.ReLU() if activation is None else activation
+        self.blocks = nn.ModuleList(
+            Block(dim, num_heads, ffn_hidden or dim, activation, dropout, pre_norm) for _ in range(num_blocks)
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.item_embedding.weight, std=self.dim**-0.5)
+        nn.init.normal_(self.position_embedding.weight, std=self.dim**-0.5)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+
+    def attention_mask(self, items: Tensor) -> Tensor:
+        """Boolean ``(B, 1, L, L)`` mask: real keys (causal if set), plus each position itself."""
+        L = items.shape[1]
+        eye = torch.eye(L, dtype=torch.bool, device=items.device)
+        allowed = (items != 0)[:, None, None, :]  # (B, 1, 1, L)
+        if self.causal:
+            allowed = allowed & torch.ones(L, L, dtype=torch.bool, device=items.device).tril()
+        return allowed | eye
+
+    def forward(self, items: Tensor) -> Tensor:
+        L = items.shape[1]
+        positions = self.position_embedding.weight[self.max_len - L :]  # (L, D), counted from the right
+        x = self.item_embedding(items) * self.scale + positions
+        if not self.pre_norm:
+            x = self.norm(x)
+        x = self.dropout(x)
+        allowed = self.attention_mask(items)
+        for block in self.blocks:
+            x = block(x, allowed)
+        return self.norm(x) if self.pre_norm else x

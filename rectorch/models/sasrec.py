@@ -1,0 +1,66 @@
+"""SASRec: causal self-attention over the item history, next-item objective at every position."""
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor, nn
+
+from rectorch.data.spec import DataSpec
+from rectorch.data.views import SequenceView
+from rectorch.models.base import OptimizerFactory, RecModule, SchedulerFactory
+from rectorch.models.components.sequence_encoder import SequenceEncoder
+
+
+def trim_padding(items: Tensor) -> Tensor:
+    """Drop the leading columns that are padding in every row (right-aligned batches)."""
+    start = int((items != 0).any(dim=0).int().argmax())
+    return items[:, start:]
+
+
+class SASRecModule(RecModule):
+    """Self-Attentive Sequential Recommendation (https://arxiv.org/abs/1808.09781).
+
+    The item embedding table is shared by the input and the output (tied). Training predicts
+    ``items[:, t + 1]`` from ``items[:, :t + 1]`` at every position with a target; the loss object
+    decides how (full softmax = SASRec+, ``BCELoss`` = the paper, sampled softmax, gBCE).
+
+    Args:
+        spec: dataset sizes (``num_items``).
+        view: ``SequenceView(max_len)``.
+        encoder: partial ``SequenceEncoder``, completed with ``num_items``, ``max_len`` and ``causal=True``.
+        loss: a loss from ``rectorch.models.components.sequence_losses``.
+        optimizer: partial optimizer.
+        scheduler: optional partial LR scheduler.
+
+    Shapes:
+        batch["items"]: ``(B, max_len + 1)``; history: ``(B, L)`` → query ``(B, D)``;
+        item vectors: ``(num_items + 1, D)``.
+    """
+
+    def __init__(
+        self,
+        spec: DataSpec,
+        view: SequenceView,
+        encoder: Callable[..., SequenceEncoder],
+        loss: nn.Module,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+    ) -> None:
+        super().__init__(spec, view, optimizer, scheduler)
+        self.encoder = encoder(num_items=spec.num_items, max_len=view.max_len, causal=True)
+        self.loss = loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        items = trim_padding(batch["items"])
+        inputs, targets = items[:, :-1], items[:, 1:]
+        hidden = self.encoder(inputs)  # (B, L, D)
+        has_target = targets != 0
+        loss = self.loss(hidden[has_target], targets[has_target], self.item_vectors())
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(items))
+        return loss
+
+    def encode_query(self, history: Tensor) -> Tensor:
+        return self.encoder(history)[:, -1]
+
+    def item_vectors(self) -> Tensor:
+        return self.encoder.item_embedding.weight[: self.spec.num_items + 1]

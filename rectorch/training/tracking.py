@@ -1,0 +1,67 @@
+"""MLflow wiring: run names, tags, flattened config params and artifacts for one training run."""
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf import DictConfig, OmegaConf
+
+from rectorch.training.resolvers import PROJECT_ROOT
+
+PARAM_LIMIT = 6000  # MLflow 3 rejects longer param values; the full config is also an artifact
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    """``{"model.loss._target_": "...", ...}`` from a nested dict/list config."""
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list):
+        items = ((str(i), v) for i, v in enumerate(tree))
+    else:
+        return {prefix: str(tree)}
+    flat: dict[str, str] = {}
+    for key, value in items:
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Short hash of what defines a model run: the data and model config."""
+    keyed = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "model") if k in cfg}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def log_run_config(logger: MLFlowLogger, cfg: DictConfig, tags: dict[str, str], output_dir: Path) -> None:
+    """Params (flattened resolved config), tags, and the whole config as ``config.yaml``."""
+    from mlflow.entities import Param, RunTag
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    params = [Param(k, v[:PARAM_LIMIT]) for k, v in sorted(flatten(resolved).items()) if not k.startswith("hydra")]
+    client, run_id = logger.experiment, logger.run_id
+    for start in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[start : start + 100])
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    config_path = output_dir / "config.yaml"
+    config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    client.log_artifact(run_id, str(config_path))
+
+
+def log_results(logger: MLFlowLogger, metrics_path: Path, checkpoint: str | None) -> None:
+    """Attach ``metrics.json`` and the best checkpoint to the run."""
+    client, run_id = logger.experiment, logger.run_id
+    client.log_artifact(run_id, str(metrics_path))
+    if checkpoint:
+        client.log_artifact(run_id, checkpoint, artifact_path="checkpoints")
