@@ -78,6 +78,7 @@ def save_prepared(dataset: PreparedDataset, path: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is a plain shared file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -145,6 +145,9 @@ def file_datamodule(
     sep: str | None = None,
     name: str = "csv",
     item_features_path: str | None = None,
+    item_id_col: str = "item_id",
+    multi_value_cols: tuple[str, ...] = (),
+    category_feature: str | None = None,
     batch_size: int = 128,
     cache_dir: str | None = None,
 ) -> RecDataModule:
@@ -158,5 +161,8 @@ def file_datamodule(
         sep=sep,
         name=name,
         item_features_path=item_features_path,
+        item_id_col=item_id_col,
+        multi_value_cols=tuple(multi_value_cols),
+        category_feature=category_feature,
     )
     return RecDataModule(source, preprocessing, split, evaluation, batch_size=batch_size, cache_dir=cache_dir)

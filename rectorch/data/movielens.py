@@ -123,8 +123,9 @@ class MovieLens1MSasrecSource:
 
     def files(self) -> list[Path]:
         hint = (
-            "It is kang205/SASRec's data/ml-1m.txt. With only the official GroupLens files, use "
-            f"data=ml1m_raw. {download_hint('ml-1m', self.root)}"
+            "It is kang205/SASRec's data/ml-1m.txt. The official GroupLens files "
+            f"(`python -m rectorch.data.download ml-1m --dest {self.root.parent}`) hold ratings.dat "
+            "instead: read them with data=ml1m_raw."
         )
         files = [find_file([self.root / "ml-1m.txt.gz", self.root / "ml-1m.txt"], hint)]
         if self.with_features:

@@ -122,7 +122,7 @@ def parse_timestamps(values: pd.Series, path: Path, column: str) -> np.ndarray:
         if retry.any():
             dates[retry] = pd.to_datetime(values[text][retry], errors="coerce", utc=True, format="mixed")
         seconds[text] = (dates - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
-    _raise_on_bad(seconds.isna().to_numpy(), values, path, column, "unparseable timestamp(s)")
+    _raise_on_bad(seconds.isna().to_numpy(), values, path, column, "missing or unparseable timestamp(s)")
     return np.floor(seconds.to_numpy(np.float64)).astype(np.int64)
 
 

@@ -28,6 +28,15 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run's config with every interpolation resolved, without Hydra's own ``hydra`` node."""
+    return {
+        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+        for key in cfg
+        if key != "hydra"
+    }
+
+
 def config_hash(cfg: DictConfig) -> str:
     """Short hash of what defines a model run: the data and model config."""
     keyed = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "model") if k in cfg}
@@ -48,14 +57,14 @@ def log_run_config(logger: MLFlowLogger, cfg: DictConfig, tags: dict[str, str], 
     """Params (flattened resolved config), tags, and the whole config as ``config.yaml``."""
     from mlflow.entities import Param, RunTag
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    params = [Param(k, v[:PARAM_LIMIT]) for k, v in sorted(flatten(resolved).items()) if not k.startswith("hydra")]
+    resolved = resolved_config(cfg)
+    params = [Param(k, v[:PARAM_LIMIT]) for k, v in sorted(flatten(resolved).items())]
     client, run_id = logger.experiment, logger.run_id
     for start in range(0, len(params), 100):
         client.log_batch(run_id, params=params[start : start + 100])
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
     config_path = output_dir / "config.yaml"
-    config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    config_path.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
     client.log_artifact(run_id, str(config_path))
 
 

@@ -1,12 +1,14 @@
 """``train(cfg)``: seed → data → model → callbacks/loggers → trainer → fit → validate/test best → outputs."""
 
 import json
+import warnings
 import resource
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, MLFlowLogger
 from omegaconf import DictConfig
@@ -30,6 +32,7 @@ def _strip(metrics: dict[str, float], stage: str) -> dict[str, float]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one configured model; returns what ``metrics.json`` holds."""
+    warnings.filterwarnings("ignore", message="MLFlow only allows")  # '@' is dropped from MLflow metric names
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -58,12 +61,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     train_seconds = time.perf_counter() - start
 
-    checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    checkpoint = _best_checkpoint(trainer, model)
+    best_epoch = 1 if model.closed_form else _epoch_of(checkpoint)
     ckpt_path = checkpoint or None
     val = _strip(trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0], "val")
     test = _strip(trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0], "test")
 
-    best_epoch = _best_epoch(trainer)
     results = {
         "model": family,
         "protocol": protocol.as_dict(),
@@ -111,12 +114,21 @@ def _tags(cfg: DictConfig, datamodule: Any, family: str, protocol: dict[str, Any
     return tags
 
 
-def _best_epoch(trainer: L.Trainer) -> int | None:
-    """Epoch of the best checkpoint, read from its saved state."""
+def _best_checkpoint(trainer: L.Trainer, model: Any) -> str:
+    """Path of the best checkpoint; a closed-form model (no optimizer steps) saves its single state."""
     callback = trainer.checkpoint_callback
-    if callback is None or not callback.best_model_path:
-        return None
-    import torch
+    if callback is None:
+        return ""
+    if not callback.best_model_path and model.closed_form and callback.dirpath:
+        path = Path(callback.dirpath) / f"{callback.filename or 'best'}.ckpt"
+        callback.best_model_path = str(path)
+        trainer.save_checkpoint(path)
+    return callback.best_model_path
 
-    state = torch.load(callback.best_model_path, map_location="cpu", weights_only=False)
-    return int(state.get("epoch", -1)) + 1
+
+def _epoch_of(checkpoint: str) -> int | None:
+    """1-based epoch stored in a Lightning checkpoint (memory-mapped; only the counter is read)."""
+    if not checkpoint:
+        return None
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    return int(state.get("epoch", 0)) + 1

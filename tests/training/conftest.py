@@ -31,6 +31,8 @@ def compose_train(tmp_path: Path) -> Callable[..., DictConfig]:
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path / "run")
             cfg.trainer.enable_progress_bar = False
+            if cfg.get("callbacks") and "progress_bar" in cfg.callbacks:
+                del cfg.callbacks["progress_bar"]
         return cfg
 
     return _compose

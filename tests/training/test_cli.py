@@ -6,24 +6,25 @@ from pathlib import Path
 
 import pytest
 
-SMALL = ["data.source.num_users=200", "data.source.num_items=80", "logger=none", "callbacks=none"]
+QUIET = ["model=ease", "logger=none", "callbacks=none"]
+SMALL = [*QUIET, "data.source.num_users=200", "data.source.num_items=80"]
 
 
-def run_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "rectorch.training.cli", f"paths.log_dir={tmp_path}", *overrides]
+def run_cli(tmp_path: Path, *overrides: str, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "rectorch.training.cli", *flags, f"paths.log_dir={tmp_path}", *overrides]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["data=csv", "data.path=/nonexistent/events.csv"], "/nonexistent/events.csv"),
-        (["model=sasrec", "model.view.max_len=-5"], "max_len"),
-        (["evaluation.ks=[10,5000]"], "5000"),
+        ([*QUIET, "data=csv", "data.path=/nonexistent/events.csv"], "/nonexistent/events.csv"),
+        ([*SMALL, "model.view.max_len=-5"], "max_len"),
+        ([*SMALL, "evaluation.ks=[10,5000]"], "5000"),
     ],
 )
 def test_bad_input_is_one_clear_error(tmp_path: Path, overrides: list[str], message: str) -> None:
-    result = run_cli(tmp_path, *SMALL, *overrides)
+    result = run_cli(tmp_path, *overrides)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "rectorch-train: error:" in result.stderr and message in result.stderr
     assert "Traceback" not in result.stderr
@@ -38,7 +39,7 @@ def test_unknown_model_is_refused(tmp_path: Path) -> None:
 
 
 def test_multirun_sweep(tmp_path: Path) -> None:
-    result = run_cli(tmp_path, "--multirun", *SMALL, "model=popularity,ease", "trainer.max_epochs=1")
+    result = run_cli(tmp_path, *SMALL, "model=popularity,ease", flags=("--multirun",))
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = sorted((tmp_path / "multiruns").rglob("metrics.json"))
     assert len(metrics) == 2
