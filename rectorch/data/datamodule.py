@@ -5,7 +5,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from rectorch.data.prepare import Preprocessing, load_or_prepare
 from rectorch.data.prepared import PreparedDataset
@@ -80,11 +80,22 @@ class RecDataModule(L.LightningDataModule):
         column = self.dataset.item_features.columns[name]
         return column if column.ndim == 1 else column[:, 0]
 
+    def _sampler(self, dataset: IndexDataset, shuffle: bool) -> Sampler | range | None:
+        """Under DDP: shuffled shards for training, exact disjoint shards (no padding) for evaluation."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return None
+        if shuffle:
+            return DistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=True)
+        return range(trainer.global_rank, len(dataset), trainer.world_size)
+
     def _loader(self, dataset: IndexDataset, batch_size: int, shuffle: bool) -> DataLoader:
+        sampler = self._sampler(dataset, shuffle)
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             collate_fn=dataset.collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -101,7 +101,9 @@ class TemporalSplit:
         val_cut: int | None = None,
     ) -> None:
         if not 0.0 < val_quantile < test_quantile < 1.0:
-            raise ValueError(f"TemporalSplit needs 0 < val_quantile < test_quantile < 1, got {val_quantile}, {test_quantile}")
+            raise ValueError(
+                f"TemporalSplit needs 0 < val_quantile < test_quantile < 1, got {val_quantile}, {test_quantile}"
+            )
         self.test_quantile, self.val_quantile = test_quantile, val_quantile
         self.test_cut, self.val_cut = test_cut, val_cut
         self.kind = "temporal"
@@ -158,4 +160,6 @@ def check_leakage(split: SplitData, num_items: int) -> None:
     if split.kind == "temporal" and split.train.timestamps is not None and len(split.train.timestamps):
         latest = int(split.train.timestamps.max())
         if split.cut is not None and latest > split.cut:
-            raise DataError(f"leakage in temporal split: a training interaction at {latest} is after the cut {split.cut}")
+            raise DataError(
+                f"leakage in temporal split: a training interaction at {latest} is after the cut {split.cut}"
+            )

@@ -62,7 +62,9 @@ class SequenceView:
 
         return IndexDataset(len(users), build)
 
-    def query(self, users: np.ndarray, history: Csr, rows: np.ndarray, features: tuple[FeatureTable, FeatureTable]) -> Batch:
+    def query(
+        self, users: np.ndarray, history: Csr, rows: np.ndarray, features: tuple[FeatureTable, FeatureTable]
+    ) -> Batch:
         return {"history": history.padded(rows, self.max_len)}
 
 
@@ -99,7 +101,9 @@ class PairView:
 
         return IndexDataset(len(positions), build)
 
-    def query(self, users: np.ndarray, history: Csr, rows: np.ndarray, features: tuple[FeatureTable, FeatureTable]) -> Batch:
+    def query(
+        self, users: np.ndarray, history: Csr, rows: np.ndarray, features: tuple[FeatureTable, FeatureTable]
+    ) -> Batch:
         return {
             "users": torch.from_numpy(users[rows]),
             "history": history.padded(rows, self.history_len),
@@ -107,7 +111,9 @@ class PairView:
         }
 
 
-def eval_dataset(view: SequenceView | PairView, es: EvalSet, features: tuple[FeatureTable, FeatureTable]) -> IndexDataset:
+def eval_dataset(
+    view: SequenceView | PairView, es: EvalSet, features: tuple[FeatureTable, FeatureTable]
+) -> IndexDataset:
     """Evaluation batches: ``{"users", "query": view inputs, "targets": (B, T), "seen": (B, S)}`` (0-padded)."""
 
     def build(rows: np.ndarray) -> Batch:

@@ -1,9 +1,9 @@
 """``train(cfg)``: seed → data → model → callbacks/loggers → trainer → fit → validate/test best → outputs."""
 
 import json
-import warnings
 import resource
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +46,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     timer = TrainTimer()
     callbacks = [timer, *_instantiate_all(cfg.get("callbacks"))]
-    loggers: list[Logger] = _instantiate_all(
-        cfg.get("logger"), **_logger_names(cfg, datamodule.spec.name, family)
-    )
+    loggers: list[Logger] = _instantiate_all(cfg.get("logger"), **_logger_names(cfg, datamodule.spec.name, family))
     overrides = {"max_epochs": 1} if model.closed_form else {}
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
 

@@ -20,12 +20,12 @@ SMALL_DATA = [
 
 @pytest.fixture
 def compose_train(tmp_path: Path) -> Callable[..., DictConfig]:
-    def _compose(*overrides: str) -> DictConfig:
+    def _compose(*overrides: str, small: bool = True) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(
                 config_name="train",
                 return_hydra_config=True,
-                overrides=[*SMALL_DATA, f"paths.log_dir={tmp_path}/logs", *overrides],
+                overrides=[*(SMALL_DATA if small else []), f"paths.log_dir={tmp_path}/logs", *overrides],
             )
         HydraConfig().set_config(cfg)
         with open_dict(cfg):

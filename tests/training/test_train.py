@@ -24,7 +24,7 @@ def test_fast_dev_run_every_model(compose_train, model: str) -> None:
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_runs(compose_train, experiment: str) -> None:
     """Recipes name real files; on the small synthetic data each runs one fast_dev_run batch."""
-    cfg = compose_train(f"experiment={experiment}", "debug=fast_dev_run")
+    cfg = compose_train(f"experiment={experiment}", "debug=fast_dev_run", small=False)
     with open_dict(cfg):
         cfg.data = compose_train("debug=fast_dev_run").data
     results = train(cfg)

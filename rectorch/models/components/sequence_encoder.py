@@ -19,17 +19,18 @@ class SelfAttention(nn.Module):
     Args:
         dim: model width ``D``.
         num_heads: heads; ``dim`` must be divisible by it.
-        dropout: dropout on attention weights and on the output projection.
+        dropout: dropout on the output projection.
+        attention_dropout: dropout on the attention weights (it forces SDPA's slower math kernel on CPU).
 
     Shapes:
         x: ``(B, L, D)``; allowed: ``(B, 1, L, L)`` (True = may attend) → ``(B, L, D)``.
     """
 
-    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+    def __init__(self, dim: int, num_heads: int, dropout: float, attention_dropout: float) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
-        self.num_heads, self.dropout = num_heads, dropout
+        self.num_heads, self.attention_dropout = num_heads, attention_dropout
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.out_dropout = nn.Dropout(dropout)
@@ -38,7 +39,7 @@ class SelfAttention(nn.Module):
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(  # (B, nh, L, hs)
-            q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=allowed, dropout_p=self.attention_dropout if self.training else 0.0
         )
         return self.out_dropout(self.proj(y.transpose(1, 2).reshape(B, L, D)))
 
@@ -67,12 +68,19 @@ class Block(nn.Module):
     """Attention + feed-forward with residuals, LayerNorm before (pre-LN) or after (post-LN) each."""
 
     def __init__(
-        self, dim: int, num_heads: int, hidden: int, activation: nn.Module, dropout: float, pre_norm: bool
+        self,
+        dim: int,
+        num_heads: int,
+        hidden: int,
+        activation: nn.Module,
+        dropout: float,
+        attention_dropout: float,
+        pre_norm: bool,
     ) -> None:
         super().__init__()
         self.pre_norm = pre_norm
         self.ln_attn, self.ln_ffn = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, num_heads, dropout)
+        self.attn = SelfAttention(dim, num_heads, dropout, attention_dropout)
         self.ffn = FeedForward(dim, hidden, activation, dropout)
 
     def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
@@ -97,7 +105,8 @@ class SequenceEncoder(nn.Module):
         dim: model width ``D``.
         num_blocks: transformer blocks.
         num_heads: attention heads per block.
-        dropout: embedding, attention and feed-forward dropout.
+        dropout: embedding, attention-output and feed-forward dropout.
+        attention_dropout: dropout on attention weights (default: ``dropout``, as in both papers).
         causal: position ``t`` sees only positions ``≤ t`` (SASRec) or all of them (BERT4Rec).
         pre_norm: pre-LN blocks plus a final LayerNorm, else post-LN blocks after an embedding LayerNorm.
         ffn_hidden: feed-forward inner width (default ``dim``).
@@ -117,6 +126,7 @@ class SequenceEncoder(nn.Module):
         num_blocks: int = 2,
         num_heads: int = 1,
         dropout: float = 0.2,
+        attention_dropout: float | None = None,
         causal: bool = True,
         pre_norm: bool = True,
         ffn_hidden: int | None = None,
@@ -132,8 +142,10 @@ class SequenceEncoder(nn.Module):
         self.position_embedding = nn.Embedding(max_len, dim)
         self.dropout = nn.Dropout(dropout)
         activation = nn.ReLU() if activation is None else activation
+        attention_dropout = dropout if attention_dropout is None else attention_dropout
         self.blocks = nn.ModuleList(
-            Block(dim, num_heads, ffn_hidden or dim, activation, dropout, pre_norm) for _ in range(num_blocks)
+            Block(dim, num_heads, ffn_hidden or dim, activation, dropout, attention_dropout, pre_norm)
+            for _ in range(num_blocks)
         )
         self.norm = nn.LayerNorm(dim)
         self.reset_parameters()
