@@ -33,6 +33,7 @@ def _strip(metrics: dict[str, float], stage: str) -> dict[str, float]:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one configured model; returns what ``metrics.json`` holds."""
     warnings.filterwarnings("ignore", message="MLFlow only allows")  # '@' is dropped from MLflow metric names
+    warnings.filterwarnings("ignore", message=".*sync_dist=True")  # evaluation state is reduced before logging
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)

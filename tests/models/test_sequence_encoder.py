@@ -1,0 +1,55 @@
+"""SequenceEncoder: causality, padding invariance, bidirectional mixing, shapes."""
+
+import pytest
+import torch
+
+from rectorch.models.components.sequence_encoder import SequenceEncoder
+
+
+def make(causal: bool, pre_norm: bool = True, **kwargs) -> SequenceEncoder:
+    torch.manual_seed(0)
+    return SequenceEncoder(num_items=20, max_len=8, dim=16, num_heads=2, causal=causal, pre_norm=pre_norm, **kwargs).eval()
+
+
+@pytest.mark.parametrize("pre_norm", [True, False])
+def test_causal_output_ignores_later_items(pre_norm: bool) -> None:
+    encoder = make(causal=True, pre_norm=pre_norm)
+    items = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8]])
+    changed = items.clone()
+    changed[0, 5] = 19
+    a, b = encoder(items), encoder(changed)
+    torch.testing.assert_close(a[:, :5], b[:, :5])
+    assert not torch.allclose(a[:, 5:], b[:, 5:])
+
+
+def test_bidirectional_output_sees_later_items() -> None:
+    encoder = make(causal=False)
+    items = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8]])
+    changed = items.clone()
+    changed[0, 7] = 19
+    assert not torch.allclose(encoder(items)[:, 2], encoder(changed)[:, 2])
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_padding_invariance(causal: bool) -> None:
+    encoder = make(causal=causal)
+    short = torch.tensor([[0, 0, 0, 0, 0, 5, 6, 7]])
+    trimmed = short[:, -4:]
+    other_padding = short.clone()
+    other_padding[0, :5] = 0
+    full = encoder(short)
+    torch.testing.assert_close(full[:, -3:], encoder(trimmed)[:, -3:])
+    batch = torch.cat([short, torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])])
+    torch.testing.assert_close(encoder(batch)[:1, -3:], full[:, -3:])
+    assert torch.isfinite(full).all()
+
+
+def test_shapes_and_extra_tokens() -> None:
+    encoder = make(causal=False, extra_tokens=1, ffn_hidden=32, activation=torch.nn.GELU())
+    assert encoder.item_embedding.num_embeddings == 22
+    assert encoder(torch.tensor([[0, 21, 3]])).shape == (1, 3, 16)
+
+
+def test_heads_must_divide_dim() -> None:
+    with pytest.raises(ValueError, match="divisible"):
+        SequenceEncoder(num_items=5, max_len=4, dim=10, num_heads=3)

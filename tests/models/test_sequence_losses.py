@@ -1,0 +1,103 @@
+"""Sequence losses against hand-computed values on a tiny case; chunked CE against unchunked CE."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rectorch.models.components.sequence_losses import (
+    BCELoss,
+    FullSoftmaxLoss,
+    GBCELoss,
+    SampledSoftmaxLoss,
+)
+
+
+@pytest.fixture
+def tiny() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    items = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # padding + 3 items
+    hidden = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    targets = torch.tensor([1, 3])
+    return hidden, targets, items
+
+
+def test_full_softmax_hand_computed(tiny) -> None:
+    hidden, targets, items = tiny
+    # row 1 logits over items 1..3: [2, 0, 2] → -log(e²/(2e²+1)); row 2: [0, 1, 1] → -log(e/(2e+1))
+    expected = (math.log(2 * math.e**2 + 1) - 2 + math.log(2 * math.e + 1) - 1) / 2
+    assert FullSoftmaxLoss()(hidden, targets, items).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("max_logits", [1, 50, 2**20])
+def test_chunked_matches_unchunked_value_and_gradients(max_logits: int) -> None:
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 8, requires_grad=True)
+    items = torch.randn(21, 8, requires_grad=True)
+    targets = torch.randint(1, 21, (37,))
+    loss = FullSoftmaxLoss(max_logits=max_logits)(hidden, targets, items)
+    (2 * loss).backward()
+    h2, w2 = hidden.detach().clone().requires_grad_(), items.detach().clone().requires_grad_()
+    reference = F.cross_entropy((h2 @ w2.T)[:, 1:], targets - 1)
+    (2 * reference).backward()
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    torch.testing.assert_close(hidden.grad, h2.grad)
+    torch.testing.assert_close(items.grad, w2.grad)
+
+
+def test_full_softmax_bf16_is_close() -> None:
+    torch.manual_seed(0)
+    hidden, items, targets = torch.randn(50, 16), torch.randn(30, 16) * 0.3, torch.randint(1, 30, (50,))
+    exact = FullSoftmaxLoss()(hidden, targets, items)
+    assert FullSoftmaxLoss(bf16=True)(hidden, targets, items).item() == pytest.approx(exact.item(), rel=2e-2)
+
+
+def test_sampled_softmax_with_all_items_as_negatives_equals_full() -> None:
+    # with K large, every item appears; duplicates and accidental hits only add masked or repeated terms
+    hidden, targets, items = torch.tensor([[1.0, 0.5]]), torch.tensor([2]), torch.randn(4, 2)
+    torch.manual_seed(0)
+    loss = SampledSoftmaxLoss(num_negatives=1)(hidden, targets, items)
+    torch.manual_seed(0)
+    negative = torch.randint(1, 4, (1,))
+    logits = torch.stack([hidden[0] @ items[2], hidden[0] @ items[negative[0]]])
+    if negative.item() == 2:
+        logits = logits[:1]
+    assert loss.item() == pytest.approx((logits.logsumexp(0) - logits[0]).item(), rel=1e-6)
+
+
+def test_bce_hand_computed(tiny) -> None:
+    hidden, targets, items = tiny
+    torch.manual_seed(0)
+    negatives = torch.randint(1, 4, (2,))
+    negatives = torch.where(negatives == targets, negatives % 3 + 1, negatives)
+    torch.manual_seed(0)
+    loss = BCELoss()(hidden, targets, items)
+    pos = (hidden * items[targets]).sum(1)
+    neg = (hidden * items[negatives]).sum(1)
+    expected = (-torch.log(torch.sigmoid(pos)) - torch.log(1 - torch.sigmoid(neg))).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert (negatives != targets).all()
+
+
+def test_gbce_beta_and_value(tiny) -> None:
+    hidden, targets, items = tiny
+    loss_fn = GBCELoss(num_negatives=2, t=0.5)
+    alpha = 2 / (3 - 1)
+    assert loss_fn.beta(3) == pytest.approx(alpha * (0.5 * (1 - 1 / alpha) + 1 / alpha))
+    assert GBCELoss(num_negatives=10, t=0.0).beta(1001) == pytest.approx(1.0)
+    assert GBCELoss(num_negatives=10, t=1.0).beta(1001) == pytest.approx(10 / 1000)
+    torch.manual_seed(0)
+    negatives = torch.randint(1, 4, (2,))
+    torch.manual_seed(0)
+    loss = loss_fn(hidden, targets, items)
+    beta = loss_fn.beta(3)
+    pos = (hidden * items[targets]).sum(1)
+    neg = hidden @ items[negatives].T
+    neg_terms = -torch.log(1 - torch.sigmoid(neg)) * (negatives[None] != targets[:, None])
+    expected = (-beta * torch.log(torch.sigmoid(pos)) + neg_terms.sum(1)).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_gbce_rejects_bad_t() -> None:
+    with pytest.raises(ValueError, match="calibration"):
+        GBCELoss(t=1.5)
