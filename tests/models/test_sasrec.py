@@ -70,6 +70,7 @@ def test_overfits_one_batch(loss: torch.nn.Module) -> None:
 def test_sasrec_beats_popularity_and_ease_on_planted_structure(compose_train) -> None:
     """The planted successor transitions are only visible to an order-aware model."""
     scores = {}
+    sasrec = ["model.view.max_len=20", "model.optimizer.lr=0.005", "model.encoder.dropout=0.1"]
     for model in ("popularity", "ease", "sasrec"):
         cfg = compose_train(
             f"model={model}",
@@ -77,8 +78,8 @@ def test_sasrec_beats_popularity_and_ease_on_planted_structure(compose_train) ->
             "callbacks=none",
             "data.source.num_users=400",
             "data.source.num_items=150",
-            "+model.view.max_len=20" if model == "sasrec" else "seed=42",
-            "trainer.max_epochs=12",
+            "trainer.max_epochs=25",
+            *(sasrec if model == "sasrec" else []),
         )
         scores[model] = train(cfg)["test"]["ndcg@10"]
-    assert scores["sasrec"] > 1.3 * max(scores["popularity"], scores["ease"]), scores
+    assert scores["sasrec"] > 1.5 * max(scores["popularity"], scores["ease"]), scores

@@ -8,7 +8,8 @@ from rectorch.models.components.sequence_encoder import SequenceEncoder
 
 def make(causal: bool, pre_norm: bool = True, **kwargs) -> SequenceEncoder:
     torch.manual_seed(0)
-    return SequenceEncoder(num_items=20, max_len=8, dim=16, num_heads=2, causal=causal, pre_norm=pre_norm, **kwargs).eval()
+    encoder = SequenceEncoder(num_items=20, max_len=8, dim=16, num_heads=2, causal=causal, pre_norm=pre_norm, **kwargs)
+    return encoder.eval()
 
 
 @pytest.mark.parametrize("pre_norm", [True, False])
