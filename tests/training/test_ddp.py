@@ -9,7 +9,7 @@ import lightning as L
 import pytest
 from hydra.utils import instantiate
 
-from tests.training.conftest import SMALL_DATA
+from tests.conftest import SMALL_DATA
 
 
 @pytest.mark.slow
