@@ -6,12 +6,16 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
 from rectorch.training.resolvers import PROJECT_ROOT
 
 PARAM_LIMIT = 6000  # MLflow 3 rejects longer param values; the full config is also an artifact
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests a run under this parent
+SWEEP_TAG = "rectorch.sweep_dir"
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
@@ -53,6 +57,33 @@ def git_commit() -> str:
         return "unknown"
 
 
+def sweep_parent(cfg: DictConfig, experiment_name: str) -> str | None:
+    """Under ``--multirun``, the id of the sweep's parent run in ``experiment_name``, else ``None``.
+
+    The first job of a sweep creates the parent (named ``sweep-<sweep dir name>``, tagged with the sweep
+    dir); later jobs find it by that tag, so a sweep over several datasets gets one parent per experiment.
+    """
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    from mlflow import MlflowClient
+
+    node = next(n for n in cfg.logger.values() if n and "MLFlowLogger" in str(n.get("_target_", "")))
+    sweep_dir = str(HydraConfig.get().sweep.dir)
+    client = MlflowClient(node.tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else client.create_experiment(experiment_name, node.get("artifact_location"))
+    )
+    found = client.search_runs([experiment_id], f"tags.`{SWEEP_TAG}` = '{sweep_dir}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    return client.create_run(
+        experiment_id, run_name=f"sweep-{Path(sweep_dir).name}", tags={SWEEP_TAG: sweep_dir}
+    ).info.run_id
+
+
 def log_run_config(logger: MLFlowLogger, cfg: DictConfig, tags: dict[str, str], output_dir: Path) -> None:
     """Params (flattened resolved config), tags, and the whole config as ``config.yaml``."""
     from mlflow.entities import Param, RunTag
@@ -69,8 +100,11 @@ def log_run_config(logger: MLFlowLogger, cfg: DictConfig, tags: dict[str, str], 
 
 
 def log_results(logger: MLFlowLogger, metrics_path: Path, checkpoint: str | None) -> None:
-    """Attach ``metrics.json`` and the best checkpoint to the run."""
+    """Attach ``metrics.json`` and the best checkpoint to the run; a sweep's parent run ends with its last child."""
     client, run_id = logger.experiment, logger.run_id
     client.log_artifact(run_id, str(metrics_path))
     if checkpoint:
         client.log_artifact(run_id, checkpoint, artifact_path="checkpoints")
+    parent = (logger.tags or {}).get(PARENT_TAG)
+    if parent:
+        client.set_terminated(parent)

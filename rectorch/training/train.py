@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from rectorch.training.report import print_metrics
 from rectorch.training.timer import TrainTimer
-from rectorch.training.tracking import config_hash, git_commit, log_results, log_run_config
+from rectorch.training.tracking import PARENT_TAG, config_hash, git_commit, log_results, log_run_config, sweep_parent
 
 
 def _instantiate_all(group: DictConfig | None, **kwargs: Any) -> list[Any]:
@@ -90,11 +90,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-def _logger_names(cfg: DictConfig, dataset: str, family: str) -> dict[str, str]:
-    """MLflow organisation: one experiment per dataset, run name ``<model>-<config hash>``."""
+def _logger_names(cfg: DictConfig, dataset: str, family: str) -> dict[str, Any]:
+    """MLflow organisation: one experiment per dataset, run name ``<model>-<config hash>``, sweeps nested."""
     if not any(node and "MLFlowLogger" in str(node.get("_target_", "")) for node in (cfg.get("logger") or {}).values()):
         return {}
-    return {"experiment_name": f"rectorch-{dataset}", "run_name": f"{family}-{config_hash(cfg)}"}
+    names = {"experiment_name": f"rectorch-{dataset}", "run_name": f"{family}-{config_hash(cfg)}"}
+    parent = sweep_parent(cfg, names["experiment_name"])
+    return names if parent is None else {**names, "tags": {PARENT_TAG: parent}}
 
 
 def _tags(cfg: DictConfig, datamodule: Any, family: str, protocol: dict[str, Any]) -> dict[str, str]:

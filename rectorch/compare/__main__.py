@@ -1,0 +1,5 @@
+"""``python -m rectorch.compare``."""
+
+from rectorch.compare.cli import entry
+
+entry()
