@@ -1,0 +1,151 @@
+"""``export_run``: a trained run → validated ONNX (fp32 + int8) + tuned FAISS index + manifest, in one bundle."""
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+
+from rectorch.export.index import IndexSettings, build_index, choose_factory, tune_index
+from rectorch.export.onnx_export import OnnxSettings, export_onnx, fit_to_specs, validate
+from rectorch.export.quantize import QuantizeSettings, evaluator_score, quality_report, quantize_int8
+from rectorch.export.run import TrainedRun
+from rectorch.serving.bundle import write_bundle
+from rectorch.serving.catalog import Catalog
+from rectorch.serving.encoder import session
+from rectorch.serving.manifest import InputSpec, Manifest
+
+log = logging.getLogger(__name__)
+
+
+def _eval_inputs(run: TrainedRun, stage: str, specs: list[InputSpec], users: int | None) -> tuple[list, list, list]:
+    """Query inputs (exported shapes), targets and seen items of the first ``users`` users of ``stage``."""
+    inputs, targets, seen, count = [], [], [], 0
+    for batch in run.datamodule.eval_dataloader(stage):
+        inputs.append(fit_to_specs(batch["query"], specs))
+        targets.append(batch["targets"])
+        seen.append(batch["seen"])
+        count += len(batch["targets"])
+        if users is not None and count >= users:
+            break
+    return inputs, targets, seen
+
+
+def _short(batches: list[dict[str, np.ndarray]], specs: list[InputSpec]) -> list[dict[str, np.ndarray]]:
+    """The first batch cut to its newest 8 history items, checking a dynamic length below the maximum."""
+    dynamic = [spec.name for spec in specs if spec.max_len is not None]
+    if not dynamic or not batches:
+        return []
+    return [{name: array[:, -8:] if name in dynamic else array for name, array in batches[0].items()}]
+
+
+def catalog_of(run: TrainedRun, created_at_feature: str | None, available_feature: str | None) -> Catalog:
+    """Item ids (row r = model item r + 1), training popularity and the filter metadata of the run's dataset."""
+    dataset, datamodule = run.datamodule.dataset, run.datamodule
+    columns = dataset.item_features.columns
+    category = datamodule.item_category()
+    vocab = dataset.item_features.vocab.get(dataset.category_feature, [""]) if category is not None else [""]
+    return Catalog(
+        ids=[str(i) for i in dataset.item_ids[1:]],
+        popularity=datamodule.item_popularity()[1:],
+        category=np.zeros(dataset.num_items, np.int32) if category is None else category[1:],
+        categories=[str(v) for v in vocab],
+        created_at=columns[created_at_feature][1:].astype(np.float64) if created_at_feature else None,
+        available=columns[available_feature][1:].astype(bool) if available_feature else None,
+    )
+
+
+def item_table(model: torch.nn.Module, metric: str) -> tuple[torch.Tensor, str]:
+    """Item vectors ``(num_items + 1, D)`` and the metric: ``cosine`` when already unit-norm (or asked for)."""
+    with torch.no_grad():
+        table = model.item_vectors().detach().float().cpu()
+    norms = table[1:].norm(dim=1)
+    if metric == "auto":
+        metric = "cosine" if bool(torch.allclose(norms, torch.ones_like(norms), atol=1e-3)) else "ip"
+    if metric == "cosine":
+        table = torch.nn.functional.normalize(table, dim=1)
+    return table, metric
+
+
+def indexed(
+    vectors: np.ndarray, fp32: bytes, inputs: list[dict[str, np.ndarray]], metric: str, settings: IndexSettings
+) -> tuple[faiss.Index, dict[str, Any]]:
+    """The item index chosen by catalog size, tuned on the real test-split query vectors."""
+    runtime = session(fp32)
+    queries = np.vstack([runtime.run(None, batch)[0] for batch in inputs]).astype(np.float32)
+    if metric == "cosine":
+        queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    factory = choose_factory(len(vectors), settings)
+    index = build_index(vectors, factory, settings)
+    info = {"factory": factory, **tune_index(index, vectors, queries, settings)}
+    log.info("index %s: %s", factory, info["recall"])
+    return index, info
+
+
+def export_run(
+    run: TrainedRun,
+    bundle_dir: Path,
+    onnx: OnnxSettings,
+    quantize: QuantizeSettings,
+    index: IndexSettings,
+    metric: str = "auto",
+    quality_users: int | None = None,
+    created_at_feature: str | None = None,
+    available_feature: str | None = None,
+) -> Manifest:
+    """Export, validate, quantize, index and write the bundle of one trained run (see ``conf/export.yaml``)."""
+    model = run.model
+    examples = model.export_inputs()
+    fp32, specs = export_onnx(model, examples, onnx)
+    val_inputs, _, _ = _eval_inputs(run, "val", specs, onnx.validation_users)
+    validation = validate(model, fp32, val_inputs + _short(val_inputs, specs), onnx.atol)
+    log.info("validation: %s", validation)
+
+    table, metric = item_table(model, metric)
+    test_inputs, targets, seen = _eval_inputs(run, "test", specs, quality_users)
+    faiss_index, index_info = indexed(table[1:].numpy(), fp32, test_inputs, metric, index)
+
+    encoders = {"fp32": fp32}
+    if quantize.enabled:
+        encoders["int8"] = quantize_int8(fp32)
+    score = evaluator_score(run.datamodule, table, targets, seen)
+    quality = quality_report(encoders, test_inputs, score, faiss_index, quantize)
+    log.info("quantization: served %s (%s)", quality["served"], quality["reason"])
+    settings = {"onnx": asdict(onnx), "quantize": asdict(quantize), "index": asdict(index)}
+    return write_bundle(
+        bundle_dir,
+        family=type(model).__name__,
+        encoders=encoders,
+        inputs=specs,
+        index=faiss_index,
+        catalog=catalog_of(run, created_at_feature, available_feature),
+        metric=metric,
+        precision=quality["served"],
+        precision_reason=quality["reason"],
+        index_info=index_info,
+        reports={"validation": validation, "quantization": {**quality, "settings": settings}, "source": source(run)},
+    )
+
+
+def source(run: TrainedRun) -> dict[str, Any]:
+    """Where the bundle came from: run dir, MLflow run, dataset, protocol and the run's test metrics."""
+    metrics = run.metrics
+    return {
+        "run_dir": str(run.run_dir),
+        "mlflow_run_id": run.mlflow_run_id,
+        "checkpoint": metrics.get("checkpoint"),
+        "dataset": run.datamodule.spec.name,
+        "dataset_fingerprint": metrics.get("dataset_fingerprint"),
+        "protocol": metrics.get("protocol"),
+        "test": {k: v for k, v in (metrics.get("test") or {}).items() if k.split("@")[0] in ("ndcg", "hr")},
+    }
+
+
+def log_bundle(bundle_dir: Path, run_id: str, tracking_uri: str) -> None:
+    """Attach the bundle directory to the training run's MLflow run under ``bundle/``."""
+    import mlflow
+
+    mlflow.MlflowClient(tracking_uri).log_artifacts(run_id, str(bundle_dir), "bundle")

@@ -1,0 +1,116 @@
+"""Every model family exports, validates, quantizes, indexes and serves from its bundle."""
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rectorch.export.cli import export
+from rectorch.export.index import IndexSettings
+from rectorch.export.onnx_export import ExportValidationError, OnnxSettings
+from rectorch.export.pipeline import export_run
+from rectorch.export.quantize import QuantizeSettings
+from rectorch.export.run import load_run
+from rectorch.serving import Recommender, read_manifest
+from tests.export.conftest import MODELS, compose_config
+
+BUNDLE_FILES = {"manifest.json", "query_encoder.onnx", "items.faiss", "item_ids.json", "items.npz"}
+
+
+def export_cli(run_dir: Path, bundle_dir: Path, *overrides: str) -> Path:
+    cfg = compose_config("export", [f"run_dir={run_dir}", f"bundle_dir={bundle_dir}", *overrides], bundle_dir.parent)
+    return export(cfg)
+
+
+@pytest.fixture(scope="module")
+def exported(train_run: Callable[..., Path]) -> Callable[[str], Path]:
+    """``exported(model) -> bundle dir`` through the composed ``conf/export.yaml`` (cached per model)."""
+    cache: dict[str, Path] = {}
+
+    def _export(model: str) -> Path:
+        if model not in cache:
+            run_dir = train_run(model)
+            cache[model] = export_cli(run_dir, run_dir.parent / "bundle", "quality_users=100")
+        return cache[model]
+
+    return _export
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_family_exports_and_serves(train_run: Callable[..., Path], exported: Callable, model: str) -> None:
+    bundle = exported(model)
+    assert {p.name for p in bundle.iterdir()} >= BUNDLE_FILES
+    manifest = read_manifest(bundle)
+    run = load_run(train_run(model))
+    assert manifest.family == type(run.model).__name__
+    assert manifest.validation["max_abs_diff"] <= 1e-4
+    assert manifest.index["recall"]["recall@10"] == pytest.approx(1.0)
+    assert manifest.precision in manifest.encoders and manifest.precision_reason
+    assert manifest.num_items == run.datamodule.spec.num_items
+    assert manifest.source["test"]["ndcg@10"] == pytest.approx(manifest.quantization["precisions"]["fp32"]["ndcg@10"])
+    assert not list(bundle.glob("*.pkl")) and not list(bundle.glob("*.pt"))
+
+    recommender = Recommender.from_bundle(bundle)
+    history = [str(i) for i in run.datamodule.dataset.item_ids[1:6]]
+    result = recommender.recommend(history, k=5)
+    assert len(result.items) == 5 and not set(result.items) & set(history)
+
+
+def test_int8_report_on_a_transformer(exported: Callable) -> None:
+    manifest = read_manifest(exported("sasrec"))
+    report = manifest.quantization
+    assert set(report["precisions"]) == {"fp32", "int8"}
+    assert report["compression"] > 2.0  # tiny model; the ≥ 3x bar is measured on ML-1M
+    assert 0.0 <= report["top10_overlap"] <= 1.0
+    assert (manifest.precision == "int8") == (report["relative_ndcg_loss"] <= 0.01)
+
+
+def test_validation_failure_is_loud(train_run: Callable[..., Path], tmp_path: Path) -> None:
+    run = load_run(train_run("ease"))
+    with pytest.raises(ExportValidationError, match="differs from torch"):
+        export_run(run, tmp_path / "b", OnnxSettings(atol=-1.0), QuantizeSettings(), IndexSettings())
+    assert not (tmp_path / "b" / "manifest.json").exists()
+
+
+def test_ann_index_is_tuned_to_target_recall(train_run: Callable[..., Path], tmp_path: Path) -> None:
+    bundle = export_cli(
+        train_run("popularity"), tmp_path / "ivf", "export.index.flat_max_items=10", "export/quantize=none"
+    )
+    manifest = read_manifest(bundle)
+    assert manifest.index["factory"].startswith("IVF")
+    assert manifest.index["target_reached"] and min(manifest.index["recall"].values()) >= 0.95
+    assert manifest.index["search_params"].startswith("nprobe=")
+    assert manifest.encoders == {"fp32": "query_encoder.onnx"} and manifest.precision == "fp32"
+
+
+def test_bundle_is_logged_to_the_mlflow_run(train_run: Callable[..., Path], tmp_path: Path) -> None:
+    import mlflow
+
+    run_dir = train_run("ease", "mlflow")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    export_cli(run_dir, tmp_path / "bundle", "quality_users=50")
+    client = mlflow.MlflowClient(load_run(run_dir).cfg.paths.mlflow_uri)
+    logged = {Path(a.path).name for a in client.list_artifacts(metrics["mlflow_run_id"], "bundle")}
+    assert logged >= BUNDLE_FILES
+
+
+def test_export_needs_exactly_one_run(tmp_path: Path) -> None:
+    cfg = compose_config("export", [], tmp_path)
+    with pytest.raises(ValueError, match="exactly one"):
+        export(cfg)
+    with pytest.raises(FileNotFoundError, match=r"metrics\.json"):
+        export(compose_config("export", [f"run_dir={tmp_path}"], tmp_path))
+
+
+def test_query_vectors_match_between_bundle_and_torch(train_run: Callable[..., Path], exported: Callable) -> None:
+    import torch
+
+    run = load_run(train_run("sasrec"))
+    recommender = Recommender.from_bundle(exported("sasrec"), precision="fp32")
+    batch = next(iter(run.datamodule.test_dataloader()))["query"]["history"][:4]
+    with torch.no_grad():
+        expected = run.model.encode_query(history=batch).numpy()
+    histories = [row[row > 0].numpy() for row in batch]
+    np.testing.assert_allclose(recommender.encoder.encode(histories, [None] * 4), expected, atol=1e-4)
