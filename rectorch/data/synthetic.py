@@ -72,9 +72,9 @@ class SyntheticSource:
         times = starts[:, None] + np.cumsum(gaps, axis=1)
         users = np.broadcast_to(np.arange(1, self.num_users + 1)[:, None], sequences.shape)[active]
         log_order = np.argsort(times[active], kind="stable")
-        interactions = pd.DataFrame(
-            {C.USER: users, C.ITEM: sequences[active] + 1, C.TIME: times[active]}
-        ).iloc[log_order]
+        interactions = pd.DataFrame({C.USER: users, C.ITEM: sequences[active] + 1, C.TIME: times[active]}).iloc[
+            log_order
+        ]
         typical = rng.random(self.num_users) < 0.7
         age = np.where(typical, segment % len(AGE_BUCKETS), rng.integers(0, len(AGE_BUCKETS), self.num_users))
         user_features = pd.DataFrame(

@@ -24,9 +24,7 @@ def _item_vector(values: np.ndarray | Tensor, num_items: int, name: str) -> Tens
     """One value per item id 0..num_items as a CPU tensor, with a clear error on a wrong length."""
     vector = torch.as_tensor(values).cpu()
     if vector.shape != (num_items + 1,):
-        raise ValueError(
-            f"{name} must have shape ({num_items + 1},) (ids 0..{num_items}), got {tuple(vector.shape)}"
-        )
+        raise ValueError(f"{name} must have shape ({num_items + 1},) (ids 0..{num_items}), got {tuple(vector.shape)}")
     return vector
 
 
@@ -69,18 +67,14 @@ class RankingEvaluator:
         self._category = (
             None if item_category is None else _item_vector(item_category, num_items, "item_category").long()
         )
-        self._names = ("hr", "recall", "ndcg", "mrr", "pop_bias") + (
-            () if self._category is None else ("diversity",)
-        )
+        self._names = ("hr", "recall", "ndcg", "mrr", "pop_bias") + (() if self._category is None else ("diversity",))
         self._device = torch.device("cpu")
         self.reset()
 
     def reset(self) -> None:
         """Clear the accumulated state and re-seed the negative sampler."""
         num_ks = len(self.settings.ks)
-        self._sums = {
-            name: torch.zeros(num_ks, dtype=torch.float64, device=self._device) for name in self._names
-        }
+        self._sums = {name: torch.zeros(num_ks, dtype=torch.float64, device=self._device) for name in self._names}
         self._users = torch.zeros((), dtype=torch.float64, device=self._device)
         self._coverage = torch.zeros(num_ks, self.num_items + 1, dtype=torch.int64, device=self._device)
         self._generator: torch.Generator | None = None
@@ -193,17 +187,13 @@ class RankingEvaluator:
         """
         users = float(self._users.item())
         if users == 0:
-            raise RuntimeError(
-                "no user was evaluated: call update() with a user that has a target before compute()"
-            )
+            raise RuntimeError("no user was evaluated: call update() with a user that has a target before compute()")
         coverage = (self._coverage[:, 1:] > 0).sum(dim=1).double() / self.num_items
         means = {name: (total / users).tolist() for name, total in self._sums.items()}
         means["coverage"] = coverage.tolist()
         prefix = metric_prefix(ranking_label(self.settings.sampled_negatives))
         result: dict[str, float] = {
-            f"{prefix}{name}@{k}": values[i]
-            for name, values in means.items()
-            for i, k in enumerate(self.settings.ks)
+            f"{prefix}{name}@{k}": values[i] for name, values in means.items() for i, k in enumerate(self.settings.ks)
         }
         result["users"] = int(users)
         return result

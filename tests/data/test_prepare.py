@@ -106,9 +106,7 @@ def test_features_cover_survivors_only():
 
 def test_prepares_a_million_rows_quickly():
     rng = np.random.default_rng(0)
-    raw = raw_of(
-        rng.integers(0, 6000, 1_000_000), rng.integers(0, 3500, 1_000_000), rng.integers(0, 10**9, 10**6)
-    )
+    raw = raw_of(rng.integers(0, 6000, 1_000_000), rng.integers(0, 3500, 1_000_000), rng.integers(0, 10**9, 10**6))
     start = time.perf_counter()
     data = Preprocessing(user_core=5, item_core=5)(raw)
     assert time.perf_counter() - start < 5 and data.num_users == 6000
