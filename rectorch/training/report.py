@@ -17,7 +17,5 @@ def print_metrics(results: dict[str, Any]) -> None:
     for name in results["test"]:
         table.add_row(name, f"{results['val'].get(name, float('nan')):.4f}", f"{results['test'][name]:.4f}")
     Console().print(table)
-    print(
-        f"epochs={results['epochs']} best_epoch={results['best_epoch']} train_seconds={results['train_seconds']}"
-        f" s/epoch={results['seconds_per_epoch']} peak_rss_mb={results['peak_rss_mb']}"
-    )
+    summary = ("epochs", "best_epoch", "train_seconds", "seconds_per_epoch", "peak_rss_mb")
+    print(" ".join(f"{key}={results[key]}" for key in summary if results.get(key) is not None))

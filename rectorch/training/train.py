@@ -25,7 +25,7 @@ def _instantiate_all(group: DictConfig | None, **kwargs: Any) -> list[Any]:
     return [instantiate(node, **kwargs) for node in group.values() if node and "_target_" in node]
 
 
-def _strip(metrics: dict[str, float], stage: str) -> dict[str, float]:
+def strip_stage(metrics: dict[str, float], stage: str) -> dict[str, float]:
     prefix = f"{stage}/"
     return {k[len(prefix) :]: float(v) for k, v in metrics.items() if k.startswith(prefix)}
 
@@ -61,10 +61,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     train_seconds = time.perf_counter() - start
 
     checkpoint = _best_checkpoint(trainer, model)
-    best_epoch = 1 if model.closed_form else _epoch_of(checkpoint)
+    best_epoch = 1 if model.closed_form else epoch_of(checkpoint)
     ckpt_path = checkpoint or None
-    val = _strip(trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0], "val")
-    test = _strip(trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0], "test")
+    val = strip_stage(trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0], "val")
+    test = strip_stage(trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0], "test")
 
     results = {
         "model": family,
@@ -127,7 +127,7 @@ def _best_checkpoint(trainer: L.Trainer, model: Any) -> str:
     return callback.best_model_path
 
 
-def _epoch_of(checkpoint: str) -> int | None:
+def epoch_of(checkpoint: str) -> int | None:
     """1-based epoch stored in a Lightning checkpoint (memory-mapped; only the counter is read)."""
     if not checkpoint:
         return None
