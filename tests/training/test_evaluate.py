@@ -14,7 +14,8 @@ from tests.conftest import SMALL_DATA
 def test_evaluating_the_best_checkpoint_reproduces_the_run(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "rectorch.training.cli", "model=sasrec", "debug=limit", "logger=none"]
-    command += ["callbacks.progress_bar=null", *SMALL_DATA, f"paths.log_dir={tmp_path}/logs", f"hydra.run.dir={run_dir}"]
+    command += ["callbacks.progress_bar=null", *SMALL_DATA]
+    command += [f"paths.log_dir={tmp_path}/logs", f"hydra.run.dir={run_dir}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     trained = json.loads((run_dir / "metrics.json").read_text())
