@@ -57,7 +57,7 @@ def compose_train(tmp_path: Path) -> Callable[..., Any]:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from rectorch.training.resolvers import CONFIG_DIR
+    from rectorch.resolvers import CONFIG_DIR
 
     def _compose(*overrides: str, small: bool = True) -> Any:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from rectorch.training.resolvers import PROJECT_ROOT
+from rectorch.resolvers import PROJECT_ROOT
 
 DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_ROOT}/logs/mlflow/mlflow.db"
 EXPERIMENT_PREFIX = "rectorch-"

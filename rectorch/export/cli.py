@@ -9,7 +9,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from rectorch.training.resolvers import CONFIG_DIR, register_resolvers
+from rectorch.resolvers import CONFIG_DIR, register_resolvers
 
 register_resolvers()
 log = logging.getLogger(__name__)

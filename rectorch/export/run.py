@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rectorch.models.base import RecModule
-from rectorch.training.resolvers import register_resolvers
+from rectorch.resolvers import register_resolvers
 
 
 @dataclass

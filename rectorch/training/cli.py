@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
-from rectorch.training.resolvers import CONFIG_DIR, register_resolvers
+from rectorch.resolvers import CONFIG_DIR, register_resolvers
 
 register_resolvers()
 

@@ -14,8 +14,8 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
+from rectorch.resolvers import register_resolvers
 from rectorch.training.report import print_metrics
-from rectorch.training.resolvers import register_resolvers
 from rectorch.training.train import epoch_of, strip_stage
 
 

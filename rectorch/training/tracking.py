@@ -11,7 +11,7 @@ from hydra.types import RunMode
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
-from rectorch.training.resolvers import PROJECT_ROOT
+from rectorch.resolvers import PROJECT_ROOT
 
 PARAM_LIMIT = 6000  # MLflow 3 rejects longer param values; the full config is also an artifact
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests a run under this parent

@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from mlflow import MlflowClient
 from omegaconf import open_dict
 
-from rectorch.training.resolvers import CONFIG_DIR
+from rectorch.resolvers import CONFIG_DIR
 
 SMALL = ["data.source.num_users=300", "data.source.num_items=120", "data.batch_size=64", "debug=limit"]
 FULL = {"dataset": "synthetic", "split": "loo", "ranking": "full", "mask_seen": True, "k": [10], "users": 300}

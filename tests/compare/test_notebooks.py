@@ -8,7 +8,7 @@ from nbclient import NotebookClient
 
 from rectorch.compare import compare
 from rectorch.compare.store import DEFAULT_TRACKING_URI, StoreError
-from rectorch.training.resolvers import PROJECT_ROOT
+from rectorch.resolvers import PROJECT_ROOT
 from tests.conftest import require_data
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from rectorch.training.resolvers import CONFIG_DIR
+from rectorch.resolvers import CONFIG_DIR
 
 SMALL = [
     "data.source.num_users=200",

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
-from rectorch.training.resolvers import CONFIG_DIR
+from rectorch.resolvers import CONFIG_DIR
 from rectorch.training.train import train
 
 MODEL_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))

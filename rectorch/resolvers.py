@@ -1,10 +1,10 @@
-"""OmegaConf resolvers the configs use; registered when ``rectorch.training`` is imported."""
+"""Where the project and its Hydra configs live, and the OmegaConf resolvers the configs use."""
 
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "conf"
 
 
