@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from rectorch.training.resolvers import CONFIG_DIR
+from rectorch.resolvers import CONFIG_DIR
 from rectorch.training.train import train
 
 

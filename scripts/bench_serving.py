@@ -44,7 +44,7 @@ def build_model(name: str, num_items: int, run_dir: Path | None) -> torch.nn.Mod
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from rectorch.training.resolvers import CONFIG_DIR, register_resolvers
+    from rectorch.resolvers import CONFIG_DIR, register_resolvers
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

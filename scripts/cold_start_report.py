@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from rectorch.evaluation.cold_start import cold_start_report, flat_metrics
-from rectorch.training.resolvers import CONFIG_DIR, register_resolvers
+from rectorch.resolvers import CONFIG_DIR, register_resolvers
 from rectorch.training.train import train
 
 register_resolvers()

@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 
 from rectorch.data.random_walks import BipartiteGraph
 from rectorch.evaluation.item_to_item import item_to_item_hit_rate, last_and_next
-from rectorch.training.resolvers import CONFIG_DIR
+from rectorch.resolvers import CONFIG_DIR
 
 
 def _timed(fn, *args):
