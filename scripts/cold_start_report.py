@@ -1,11 +1,14 @@
 """Train on a cold-start split, then print and log the cold-item and new-user report.
 
     python scripts/cold_start_report.py experiment=two_tower_ml1m
+    python scripts/cold_start_report.py experiment=two_tower_ml1m cold_start.run_dir=logs/runs/<run>
 
 The split (``conf/cold_start.yaml``) holds out items and users entirely; ``train(cfg)`` trains and
 tests on the warm part as usual, then the best checkpoint is scored by
-``rectorch.evaluation.cold_start.cold_start_report``. The report is written as ``cold_start.json``
-in the run directory and, when MLflow is on, attached to the training run with its metrics.
+``rectorch.evaluation.cold_start.cold_start_report``. With ``cold_start.run_dir`` an earlier run of
+this script (same overrides) is scored again without training. The report is written as
+``cold_start.json`` in the run directory and, when MLflow is on, attached to the training run with
+its metrics.
 """
 
 import json
@@ -35,14 +38,19 @@ def log_to_mlflow(tracking_uri: str, run_id: str, report_path: Path, metrics: di
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="cold_start")
 def main(cfg: DictConfig) -> None:
-    results = train(cfg)
+    run_dir = cfg.cold_start.get("run_dir")
+    results = train(cfg) if run_dir is None else json.loads((Path(run_dir) / "metrics.json").read_text())
+    output_dir = Path(cfg.paths.output_dir if run_dir is None else run_dir)
     datamodule = instantiate(cfg.data)
     datamodule.setup("test")
+    if results["dataset_fingerprint"] != datamodule.dataset.fingerprint or results["protocol"]["split"] != "loo-cold":
+        raise SystemExit(f"{run_dir} was not trained on this cold-start split: give the overrides it was trained with")
     model = instantiate(cfg.model, spec=datamodule.spec)
     state = torch.load(results["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
     model.load_state_dict(state)
-    report = cold_start_report(model.eval(), datamodule, tuple(cfg.cold_start.known), cfg.cold_start.seed)
-    report_path = Path(cfg.paths.output_dir) / "cold_start.json"
+    onboarding = (cfg.cold_start.onboarding_categories, cfg.cold_start.seed_items_per_category)
+    report = cold_start_report(model.eval(), datamodule, tuple(cfg.cold_start.known), cfg.cold_start.seed, onboarding)
+    report_path = output_dir / "cold_start.json"
     report_path.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     if results["mlflow_run_id"] is not None:

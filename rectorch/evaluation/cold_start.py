@@ -4,14 +4,21 @@ Works on any model through two callables (a query encoder and its item table), s
 model code. Baselines are scored through the same path:
 
 - cold items: every user with interactions on held-out items ranks the held-out set only (the rest of
-  the catalog is masked); baselines are random scores and popularity restricted to the cold set, with
-  the cold items' popularity counted on the held-out interactions themselves (an oracle: nothing
-  else knows how popular a never-seen item is);
+  the catalog is masked). Baselines, all restricted to the cold set: random scores; *content
+  popularity*, the popularity a cold item is predicted to have from its features (ridge regression of
+  log training counts on the warm items' features: what a shop can rank new items by on launch day);
+  and the *oracle* popularity counted on the held-out interactions themselves (an upper reference that
+  no deployable model has: the cold items have no training interactions);
 - new users (held out of training): the target is each user's ``(max(known) + 1)``-th warm
   interaction and the query reads only the ``k`` interactions just before it (``k = 0``: features
-  only), so every ``k`` ranks the same targets; the baseline is training popularity.
+  only), so every ``k`` ranks the same targets; the baseline is training popularity. *Onboarding*: a
+  user with no interactions declares a few categories (simulated as the most frequent categories of
+  the interactions before the target); the query then reads a seed history of the most popular
+  training items of those categories, against category popularity (popular items of the declared
+  categories first).
 """
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -37,25 +44,32 @@ class QueryModel(Protocol):
     def item_vectors(self) -> Tensor: ...
 
 
-#: query inputs (a view's query batch) → scores of every item id, shape (B, num_items + 1)
-Scorer = Callable[[Mapping[str, Any]], Tensor]
+#: (query inputs of a view, user ids (B,)) → scores of every item id, shape (B, num_items + 1)
+Scorer = Callable[[Mapping[str, Any], Tensor], Tensor]
 REPORTED = ("ndcg@10", "hr@10", "recall@10")
 
 
 def model_scorer(encode_query: Callable[..., Tensor], item_vectors: Tensor) -> Scorer:
     """Scores ``encode_query(**query) · item_vectorsᵀ``, the same product as training evaluation."""
-    return lambda query: encode_query(**query) @ item_vectors.T
+    return lambda query, users: encode_query(**query) @ item_vectors.T
 
 
 def constant_scorer(item_scores: Tensor) -> Scorer:
     """The same score vector for every user (popularity)."""
-    return lambda query: item_scores.float().expand(len(query["history"]), -1).clone()
+    return lambda query, users: item_scores.float().expand(len(users), -1).clone()
 
 
 def random_scorer(num_items: int, seed: int = 0) -> Scorer:
     """Uniform random scores, seeded."""
     generator = torch.Generator().manual_seed(seed)
-    return lambda query: torch.rand(len(query["history"]), num_items + 1, generator=generator)
+    return lambda query, users: torch.rand(len(users), num_items + 1, generator=generator)
+
+
+def per_user_scorer(users: np.ndarray, scores: np.ndarray) -> Scorer:
+    """Row ``i`` of ``scores`` for user ``users[i]`` (a personalised baseline)."""
+    row_of = dict(zip(users.tolist(), range(len(users)), strict=True))
+    table = torch.as_tensor(scores).float()
+    return lambda query, batch_users: table[[row_of[u] for u in batch_users.tolist()]]
 
 
 @torch.no_grad()
@@ -73,7 +87,7 @@ def evaluate(
     batch_users = evaluator.settings.batch_users
     for start in range(0, len(dataset), batch_users):
         batch = dataset.collate(list(range(start, min(start + batch_users, len(dataset)))))
-        scores = scorer(batch["query"])
+        scores = scorer(batch["query"], batch["users"])
         if candidates is not None:
             scores = scores.masked_fill(~candidates, float("-inf"))
         evaluator.update(scores, batch["targets"], batch["seen"])
@@ -93,6 +107,54 @@ def new_user_eval_set(users: np.ndarray, sequences: Csr, known: int, target_at: 
     return EvalSet(users[keep], history, targets)
 
 
+def feature_matrix(table: FeatureTable, items: np.ndarray) -> np.ndarray:
+    """Rows of ``items``: one-hot / multi-hot codes of every categorical and multi feature, numeric values, 1."""
+    blocks = [np.ones((len(items), 1))]
+    for name, spec in table.kinds.items():
+        column = table.columns[name][items]
+        if spec.kind == "numeric":
+            blocks.append(column.reshape(len(items), 1).astype(np.float64))
+            continue
+        codes = column.reshape(len(items), -1)
+        block = np.zeros((len(items), spec.cardinality))
+        np.add.at(block, (np.repeat(np.arange(len(items)), codes.shape[1]), codes.ravel()), 1.0)
+        blocks.append(block[:, 1:])  # code 0 = unknown / padding
+    return np.hstack(blocks)
+
+
+def _ridge(x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
+    """Ridge weights, solved in the smaller of the primal and dual forms (the bias column is penalised too)."""
+    n, d = x.shape
+    if d <= n:
+        return np.linalg.solve(x.T @ x + l2 * np.eye(d), x.T @ y)
+    return x.T @ np.linalg.solve(x @ x.T + l2 * np.eye(n), y)
+
+
+def content_popularity(
+    table: FeatureTable,
+    counts: np.ndarray,
+    items: np.ndarray,
+    l2_grid: Sequence[float] = (0.1, 1.0, 10.0, 100.0),
+    seed: int = 0,
+) -> np.ndarray:
+    """Predicted ``log(1 + count)`` of every item id from its features, fitted on ``items`` (the warm ones).
+
+    Ridge regression; the strength is picked from ``l2_grid`` by squared error on a random fifth of
+    ``items`` held out of the fit, then refitted on all of them. Returns shape ``(len(counts),)``.
+    """
+    if not table.kinds:
+        raise ValueError("content popularity needs item features; this dataset has none")
+    target = np.log1p(counts[items].astype(np.float64))
+    x = feature_matrix(table, items)
+    held = np.random.default_rng(seed).random(len(items)) < 0.2
+
+    def held_out_error(l2: float) -> float:
+        return float(np.mean((x[held] @ _ridge(x[~held], target[~held], l2) - target[held]) ** 2))
+
+    best = min(l2_grid, key=held_out_error)
+    return feature_matrix(table, np.arange(len(counts))) @ _ridge(x, target, best)
+
+
 def cold_item_report(
     model: Scorer,
     es: EvalSet,
@@ -100,21 +162,61 @@ def cold_item_report(
     view: SequenceView | PairView,
     features: tuple[FeatureTable, FeatureTable],
     settings: EvaluationSettings,
-    num_items: int,
+    popularity: np.ndarray,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Model vs random vs cold-set popularity (oracle counts), ranking only the held-out items."""
+    """Model vs random, content popularity and oracle popularity, ranking only the held-out items.
+
+    ``popularity``: training interactions per item id, shape ``(num_items + 1,)``.
+    """
+    num_items = len(popularity) - 1
     candidates = torch.zeros(num_items + 1, dtype=torch.bool)
     candidates[torch.as_tensor(cold_items)] = True
     oracle = torch.as_tensor(np.bincount(es.targets.items, minlength=num_items + 1))
     evaluator = RankingEvaluator(settings, num_items, oracle)
-    scorers = {
-        "model": model,
-        "popularity_cold_oracle": constant_scorer(oracle),
-        "random": random_scorer(num_items, seed),
-    }
+    scorers = {"model": model, "random": random_scorer(num_items, seed)}
+    if features[1].kinds:
+        warm = np.flatnonzero(popularity > 0)
+        scorers["popularity_content"] = constant_scorer(
+            torch.as_tensor(content_popularity(features[1], popularity, warm))
+        )
+    scorers["popularity_oracle"] = constant_scorer(oracle)
     results = {name: evaluate(s, es, view, features, evaluator, candidates) for name, s in scorers.items()}
     return {"items": len(cold_items), "users": len(es), "targets": len(es.targets.items), **results}
+
+
+def declared_categories(history: Csr, category: np.ndarray, count: int) -> list[np.ndarray]:
+    """Each row's ``count`` most frequent category codes (ties: the earlier code); ``category`` is per item id."""
+    codes = category.reshape(len(category), -1)
+    declared = []
+    for row in range(history.num_rows):
+        row_codes = codes[history.row(row)].ravel()
+        frequency = np.bincount(row_codes[row_codes > 0], minlength=codes.max() + 1)
+        order = np.argsort(-frequency, kind="stable")
+        declared.append(order[: min(count, int((frequency > 0).sum()))])
+    return declared
+
+
+def onboarding_history(
+    declared: Sequence[np.ndarray], category: np.ndarray, popularity: np.ndarray, per_category: int
+) -> Csr:
+    """Seed histories: the ``per_category`` most popular training items of each declared category."""
+    codes = category.reshape(len(category), -1)
+    ranked = np.argsort(-popularity, kind="stable")
+    ranked = ranked[popularity[ranked] > 0]
+    members = {code: ranked[(codes[ranked] == code).any(axis=1)][:per_category] for code in np.unique(codes)}
+    rows = [np.unique(np.concatenate([members[c] for c in row] or [np.zeros(0, np.int64)])) for row in declared]
+    indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+    return Csr(indptr, np.concatenate([np.zeros(0, np.int64), *rows]).astype(np.int64))
+
+
+def category_popularity(declared: Sequence[np.ndarray], category: np.ndarray, popularity: np.ndarray) -> np.ndarray:
+    """Per-row scores: items of a declared category first, each group ordered by training popularity."""
+    codes = category.reshape(len(category), -1)
+    scores = np.tile(popularity.astype(np.float64), (len(declared), 1))
+    for row, row_codes in enumerate(declared):
+        scores[row] += (popularity.max() + 1.0) * np.isin(codes, row_codes).any(axis=1)
+    return scores
 
 
 def new_user_report(
@@ -126,8 +228,14 @@ def new_user_report(
     features: tuple[FeatureTable, FeatureTable],
     settings: EvaluationSettings,
     popularity: np.ndarray,
+    category: np.ndarray | None = None,
+    onboarding: tuple[int, int] = (2, 5),
 ) -> dict[str, Any]:
-    """Model vs training popularity for held-out users who declared ``k`` interactions, for each ``k``."""
+    """Model vs training popularity for held-out users who declared ``k`` interactions, for each ``k``.
+
+    With ``category`` (code(s) per item id), also onboarding: ``onboarding = (categories declared,
+    seed items per category)``; nothing is masked there, as the user has interacted with nothing.
+    """
     target_at = max(known)
     evaluator = RankingEvaluator(settings, len(popularity) - 1, popularity)
     pop_scorer = constant_scorer(torch.as_tensor(popularity))
@@ -138,6 +246,22 @@ def new_user_report(
             "users": len(es),
             "model": evaluate(model, es, view, features, evaluator),
             "popularity": evaluate(pop_scorer, es, view, features, evaluator),
+        }
+    if category is not None:
+        before = new_user_eval_set(users, sequences, target_at, target_at)
+        declared = declared_categories(before.history, category, onboarding[0])
+        seeded = EvalSet(
+            before.users, onboarding_history(declared, category, popularity, onboarding[1]), before.targets
+        )
+        unmasked = RankingEvaluator(dataclasses.replace(settings, mask_seen=False), len(popularity) - 1, popularity)
+        baseline = per_user_scorer(seeded.users, category_popularity(declared, category, popularity))
+        report["onboarding"] = {
+            "categories": onboarding[0],
+            "seed_items_per_category": onboarding[1],
+            "users": len(seeded),
+            "model": evaluate(model, seeded, view, features, unmasked),
+            "category_popularity": evaluate(baseline, seeded, view, features, unmasked),
+            "popularity": evaluate(pop_scorer, seeded, view, features, unmasked),
         }
     return report
 
@@ -155,7 +279,13 @@ def flat_metrics(report: Mapping[str, Any], prefix: str = "cold_start") -> dict[
 
 
 @torch.no_grad()
-def cold_start_report(model: QueryModel, datamodule: Any, known: Sequence[int] = (0, 1, 3, 5), seed: int = 0) -> dict:
+def cold_start_report(
+    model: QueryModel,
+    datamodule: Any,
+    known: Sequence[int] = (0, 1, 3, 5),
+    seed: int = 0,
+    onboarding: tuple[int, int] = (2, 5),
+) -> dict:
     """Both reports for a model trained on a ``ColdItemSplit`` (``datamodule.split`` is a ``ColdSplitData``).
 
     Args:
@@ -163,15 +293,26 @@ def cold_start_report(model: QueryModel, datamodule: Any, known: Sequence[int] =
         datamodule: the set-up ``RecDataModule`` it was trained on.
         known: numbers of known interactions of the new users.
         seed: seed of the random baseline.
+        onboarding: (categories a new user declares, seed items per category).
     """
     split, features = datamodule.split, datamodule.features
-    num_items, settings = datamodule.dataset.num_items, datamodule.evaluation
+    settings, name = datamodule.evaluation, datamodule.dataset.category_feature
     scorer = model_scorer(model.encode_query, model.item_vectors())
-    cold_items = cold_item_report(
-        scorer, split.cold_item_eval, split.cold_items, model.view, features, settings, num_items, seed
-    )
     popularity = datamodule.item_popularity()
+    cold_items = cold_item_report(
+        scorer, split.cold_item_eval, split.cold_items, model.view, features, settings, popularity, seed
+    )
+    category = None if name is None else features[1].columns[name]
     new_users = new_user_report(
-        scorer, split.new_users, split.new_user_sequences, known, model.view, features, settings, popularity
+        scorer,
+        split.new_users,
+        split.new_user_sequences,
+        known,
+        model.view,
+        features,
+        settings,
+        popularity,
+        category,
+        onboarding,
     )
     return {"protocol": datamodule.protocol("test").as_dict(), "cold_items": cold_items, "new_users": new_users}

@@ -59,7 +59,8 @@ class TwoTowerModule(RecModule):
 
     Shapes:
         history ``(B, history_len)`` right-aligned item ids, user features ``{name: (B,) | (B, width)}``
-        → query ``(B, D)``; item vectors ``(num_items + 1, D)``, both unit norm.
+        → query ``(B, D)``; item vectors ``(num_items + 1, D)``, both unit norm. With the item tower's
+        ``item_bias``, both get one more coordinate: the item bias, and a constant 1 in the query.
     """
 
     def __init__(
@@ -141,7 +142,10 @@ class TwoTowerModule(RecModule):
         history = history * self.item_known[history]
         users = torch.zeros_like(history[:, 0]) if users is None else users * self.user_known[users]
         embedded = self.item_tower.id_embedding(history)  # (B, N, id_dim)
-        return self.user_tower(embedded, history != 0, users, features)
+        query = self.user_tower(embedded, history != 0, users, features)
+        if self.item_tower.bias is None:
+            return query
+        return torch.cat([query, torch.ones_like(query[:, :1])], dim=-1)
 
     def export_inputs(self) -> dict[str, Tensor]:
         history = torch.randint(1, self.spec.num_items + 1, (2, self.view.history_len))

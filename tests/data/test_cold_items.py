@@ -6,10 +6,21 @@ import torch
 from rectorch.data.cold_items import ColdItemSplit
 from rectorch.data.csr import Csr
 from rectorch.data.prepare import Preprocessing, load_or_prepare
+from rectorch.data.prepared import FeatureTable
+from rectorch.data.spec import FeatureSpec
 from rectorch.data.synthetic import SyntheticSource
 from rectorch.data.views import PairView
 from rectorch.evaluation import EvaluationSettings
-from rectorch.evaluation.cold_start import cold_item_report, new_user_eval_set, new_user_report, random_scorer
+from rectorch.evaluation.cold_start import (
+    category_popularity,
+    cold_item_report,
+    content_popularity,
+    declared_categories,
+    new_user_eval_set,
+    new_user_report,
+    onboarding_history,
+    random_scorer,
+)
 
 
 def prepared():
@@ -41,17 +52,51 @@ def test_new_user_eval_set_keeps_the_target_fixed_across_k() -> None:
     assert none.targets.items.tolist() == two.targets.items.tolist() == [4, 10]
 
 
+def test_content_popularity_predicts_cold_items_from_their_features() -> None:
+    # item i (1..30) has genre i % 3; genre 0 items are 100x more popular than genre 2 ones
+    genre = np.concatenate([[0], np.arange(1, 31) % 3 + 1])
+    noise = np.random.default_rng(0).integers(0, 3, size=31)
+    counts = np.array([0] + [[100, 10, 1][g - 1] for g in genre[1:]]) + noise
+    table = FeatureTable({"genre": genre}, {"genre": FeatureSpec("categorical", 4)})
+    warm = np.arange(1, 25)
+    predicted = content_popularity(table, counts, warm)
+    cold = np.arange(25, 31)
+    by_genre = {g: predicted[cold[genre[cold] == g]] for g in (1, 2, 3)}
+    assert by_genre[1].min() > by_genre[2].max() and by_genre[2].min() > by_genre[3].max()
+    assert abs(by_genre[1].mean() - np.log1p(101)) < 0.5
+
+
+def test_onboarding_declares_frequent_categories_and_seeds_their_popular_items() -> None:
+    # items 1..6: categories (multi, 0 = pad) {1}, {1, 2}, {2}, {3}, {3}, {2, 3}
+    category = np.array([[0, 0], [1, 0], [1, 2], [2, 0], [3, 0], [3, 0], [2, 3]])
+    history = Csr(np.array([0, 3, 5]), np.array([1, 2, 3, 4, 5]))
+    declared = declared_categories(history, category, count=1)
+    assert [d.tolist() for d in declared] == [[1], [3]]  # row 0: 1 and 2 tie at 2 → the earlier code
+    popularity = np.array([0, 5, 9, 1, 7, 0, 3])  # item 5 was never trained on
+    seeds = onboarding_history(declared, category, popularity, per_category=2)
+    assert seeds.row(0).tolist() == [1, 2] and seeds.row(1).tolist() == [4, 6]
+    scores = category_popularity(declared, category, popularity)
+    assert np.argsort(-scores[1])[:3].tolist() == [4, 6, 5]  # category-3 items first, by popularity
+
+
 def test_reports_score_models_and_baselines() -> None:
     ds = prepared()
     split = ColdItemSplit(holdout_fraction=0.2, user_fraction=0.2, seed=0)(ds)
     settings, features = EvaluationSettings(ks=(10,)), (ds.user_features, ds.item_features)
-    cold = cold_item_report(
-        random_scorer(ds.num_items, 5), split.cold_item_eval, split.cold_items, PairView(5), features, settings, 80
-    )
-    assert cold["random"]["ndcg@10"] > 0 and cold["popularity_cold_oracle"]["ndcg@10"] > cold["random"]["ndcg@10"]
     popularity = np.bincount(split.train.items, minlength=81)
+    cold = cold_item_report(
+        random_scorer(ds.num_items, 5),
+        split.cold_item_eval,
+        split.cold_items,
+        PairView(5),
+        features,
+        settings,
+        popularity,
+    )
+    assert cold["random"]["ndcg@10"] > 0 and cold["popularity_oracle"]["ndcg@10"] > cold["random"]["ndcg@10"]
+    assert cold["popularity_content"]["ndcg@10"] > 0
     users = new_user_report(
-        lambda query: torch.as_tensor(popularity).float().expand(len(query["history"]), -1).clone(),
+        lambda query, batch_users: torch.as_tensor(popularity).float().expand(len(batch_users), -1).clone(),
         split.new_users,
         split.new_user_sequences,
         (0, 1, 3),
@@ -59,6 +104,11 @@ def test_reports_score_models_and_baselines() -> None:
         features,
         settings,
         popularity,
+        category=ds.item_features.columns[ds.category_feature],
     )
     assert users["target_position"] == 4
     assert users["0"]["model"]["ndcg@10"] == users["0"]["popularity"]["ndcg@10"]
+    onboarding = users["onboarding"]
+    assert onboarding["model"] == onboarding["popularity"]
+    # synthetic users draw from their planted favourite categories: declaring them beats popularity
+    assert onboarding["category_popularity"]["ndcg@10"] > 1.5 * onboarding["popularity"]["ndcg@10"]

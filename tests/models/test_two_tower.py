@@ -39,12 +39,14 @@ USERS = FeatureTable(columns={"segment": np.array([0, 1, 2, 1, 2])}, kinds=USER_
 TRAIN = Csr(np.array([0, 0, 3, 5, 8, 8]), np.array([1, 2, 3, 2, 4, 5, 1, 3]))
 
 
-def make(pooler: type = AttentionPooling, user_id_dim: int = 0) -> TwoTowerModule:
+def make(pooler: type = AttentionPooling, user_id_dim: int = 0, item_bias: bool = False) -> TwoTowerModule:
     torch.manual_seed(0)
     model = TwoTowerModule(
         SPEC,
         PairView(history_len=4),
-        functools.partial(ItemTower, id_dim=8, feature_dim=4, hidden=[16], out_dim=8, id_dropout=0.5),
+        functools.partial(
+            ItemTower, id_dim=8, feature_dim=4, hidden=[16], out_dim=8, id_dropout=0.5, item_bias=item_bias
+        ),
         functools.partial(
             UserTower, pooler=pooler(8, 4), user_id_dim=user_id_dim, feature_dim=4, hidden=[16], out_dim=8
         ),
@@ -64,6 +66,21 @@ def test_towers_give_unit_vectors_of_the_right_shape(pooler: type) -> None:
     assert torch.allclose(query.norm(dim=1), torch.ones(3), atol=1e-5)
     assert torch.allclose(items.norm(dim=1), torch.ones(7), atol=1e-5)
     assert model.score(history=history, user_features={"segment": torch.tensor([1, 0, 2])}).shape == (3, 7)
+
+
+def test_item_bias_is_an_extra_coordinate_matched_by_a_constant_one() -> None:
+    model = make(item_bias=True)
+    history = torch.tensor([[0, 1, 2, 3], [0, 0, 0, 0]])
+    query = model.encode_query(history, user_features={"segment": torch.tensor([1, 0])})
+    items = model.item_vectors()
+    assert query.shape == (2, 9) and items.shape == (7, 9)
+    assert torch.equal(query[:, -1], torch.ones(2))
+    assert torch.allclose(query[:, :-1].norm(dim=1), torch.ones(2), atol=1e-5)
+    assert torch.allclose(items[:, :-1].norm(dim=1), torch.ones(7), atol=1e-5)
+    with torch.no_grad():
+        model.item_tower.bias.bias.add_(0.25)  # the bias shifts every item's score by the same amount
+    shifted = model.encode_query(history, user_features={"segment": torch.tensor([1, 0])}) @ model.item_vectors().T
+    assert torch.allclose(shifted, query @ items.T + 0.25, atol=1e-5)
 
 
 def test_datasets_without_side_features_still_train_and_embed() -> None:
@@ -99,8 +116,9 @@ def test_mean_pooling_starts_as_a_plain_mean_and_handles_empty_history() -> None
     assert torch.isfinite(AttentionPooling(4, 3)(history, mask)).all()
 
 
-def test_cold_item_vectors_depend_only_on_features() -> None:
-    model = make()
+@pytest.mark.parametrize("item_bias", [False, True])
+def test_cold_item_vectors_depend_only_on_features(item_bias: bool) -> None:
+    model = make(item_bias=item_bias)
     assert not model.item_known[6] and model.item_known[1:6].all()
     vectors = model.item_vectors()
     with torch.no_grad():

@@ -86,11 +86,15 @@ class MLP(nn.Module):
 
 
 class ItemTower(nn.Module):
-    """Item id embedding + side features → MLP → L2-normalised item vector.
+    """Item id embedding + side features → MLP → L2-normalised item vector (+ an optional item bias).
 
     Id 0 has a zero embedding, so an item with id 0 is scored from its features alone: that is how
     items unseen in training (and items added after it) are embedded. During training each item's id
     embedding is zeroed with probability ``id_dropout`` so the tower also learns the feature-only path.
+
+    With ``item_bias`` a linear head on the same hidden vector adds a per-item score term (in cosine
+    units), appended as a last coordinate that the query matches with a constant 1. It is where
+    popularity goes, so a cold item gets a popularity prior predicted from its features.
 
     Args:
         num_items: catalog size (ids 1..num_items).
@@ -101,9 +105,11 @@ class ItemTower(nn.Module):
         out_dim: output vector size.
         dropout: MLP dropout.
         id_dropout: probability of zeroing an item's id embedding in training.
+        item_bias: append the item bias coordinate.
 
     Shapes:
-        ids ``(*)``, features as in :class:`FeatureEmbedding` → ``(*, out_dim)``, unit norm.
+        ids ``(*)``, features as in :class:`FeatureEmbedding` → ``(*, out_dim)``, unit norm, or
+        ``(*, out_dim + 1)`` with ``item_bias`` (the first ``out_dim`` coordinates unit norm).
     """
 
     def __init__(
@@ -116,6 +122,7 @@ class ItemTower(nn.Module):
         out_dim: int = 64,
         dropout: float = 0.0,
         id_dropout: float = 0.1,
+        item_bias: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= id_dropout < 1.0:
@@ -124,6 +131,7 @@ class ItemTower(nn.Module):
         self.id_embedding = nn.Embedding(num_items + 1, id_dim, padding_idx=0)
         self.features = FeatureEmbedding(features, feature_dim)
         self.mlp = MLP(id_dim + self.features.out_dim, hidden, out_dim, dropout)
+        self.bias = nn.Linear(out_dim, 1) if item_bias else None
 
     def forward(self, ids: Tensor, features: Mapping[str, Tensor]) -> Tensor:
         ids_vec = self.id_embedding(ids)
@@ -131,7 +139,9 @@ class ItemTower(nn.Module):
             keep = torch.rand(ids.shape, device=ids.device) >= self.id_dropout
             ids_vec = ids_vec * keep.unsqueeze(-1)
         parts = [ids_vec, self.features(features)] if self.features.out_dim else [ids_vec]
-        return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
+        hidden = self.mlp(torch.cat(parts, dim=-1))
+        vector = F.normalize(hidden, dim=-1)
+        return vector if self.bias is None else torch.cat([vector, self.bias(hidden)], dim=-1)
 
 
 class UserTower(nn.Module):
