@@ -39,16 +39,16 @@ def compose_config(name: str, overrides: list[str], output_dir: Path | None = No
 
 @pytest.fixture(scope="session")
 def train_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """``train_run(model, logger) -> run dir`` (cached per argument pair)."""
+    """``train_run(model, logger, *overrides) -> run dir`` (cached per arguments)."""
     from rectorch.training.train import train
 
-    cache: dict[tuple[str, str], Path] = {}
+    cache: dict[tuple[str, ...], Path] = {}
 
-    def _train(model: str, logger: str = "none") -> Path:
-        key = (model, logger)
+    def _train(model: str, logger: str = "none", *extra: str) -> Path:
+        key = (model, logger, *extra)
         if key not in cache:
             root = tmp_path_factory.mktemp(f"run-{model}")
-            overrides = [*SMALL, f"model={model}", f"logger={logger}", f"paths.log_dir={root}/logs"]
+            overrides = [*SMALL, f"model={model}", f"logger={logger}", f"paths.log_dir={root}/logs", *extra]
             cfg = compose_config("train", overrides, root / "run")
             train(cfg)
             (root / "run" / ".hydra").mkdir(exist_ok=True)  # what rectorch-train's Hydra writes

@@ -114,3 +114,29 @@ def test_query_vectors_match_between_bundle_and_torch(train_run: Callable[..., P
         expected = run.model.encode_query(history=batch).numpy()
     histories = [row[row > 0].numpy() for row in batch]
     np.testing.assert_allclose(recommender.encoder.encode(histories, [None] * 4), expected, atol=1e-4)
+
+
+def test_two_tower_item_bias_exports_as_an_inner_product_bundle(train_run: Callable[..., Path]) -> None:
+    import torch
+
+    run_dir = train_run("two_tower", "none", "model.item_tower.item_bias=true")
+    bundle = export_cli(run_dir, run_dir.parent / "bundle", "quality_users=100")
+    model = load_run(run_dir).model
+    manifest = read_manifest(bundle)
+    assert manifest.metric == "ip"  # the bias coordinate makes item vectors non-unit
+    recommender = Recommender.from_bundle(bundle, precision="fp32")
+    history = np.arange(1, 6)
+    query = recommender.encoder.encode([history], [None])  # model item ids
+    with torch.no_grad():
+        unknown = {
+            name: torch.zeros((1, spec.width) if spec.kind == "multi" else (1,)).long()
+            for name, spec in model.spec.user_features.items()
+        }
+        padded = torch.zeros(1, model.view.history_len, dtype=torch.long)
+        padded[0, -len(history) :] = torch.as_tensor(history)
+        expected = model.encode_query(padded, user_features=unknown)
+        table = model.item_vectors()[1:]
+    np.testing.assert_allclose(query, expected.numpy(), atol=1e-4)
+    assert query[0, -1] == pytest.approx(1.0)
+    _, rows = recommender.index.search(query, 10)
+    assert rows[0].tolist() == (expected @ table.T)[0].topk(10).indices.tolist()
