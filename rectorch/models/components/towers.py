@@ -92,9 +92,10 @@ class ItemTower(nn.Module):
     items unseen in training (and items added after it) are embedded. During training each item's id
     embedding is zeroed with probability ``id_dropout`` so the tower also learns the feature-only path.
 
-    With ``item_bias`` a linear head on the same hidden vector adds a per-item score term (in cosine
-    units), appended as a last coordinate that the query matches with a constant 1. It is where
-    popularity goes, so a cold item gets a popularity prior predicted from its features.
+    With ``item_bias`` a linear head adds a per-item score term (in cosine units), appended as a last
+    coordinate that the query matches with a constant 1. It reads the side features only (the id
+    embedding when there are none), so it is trained on every example, never dropped: a popularity
+    prior predicted from content, which is what a cold item needs most.
 
     Args:
         num_items: catalog size (ids 1..num_items).
@@ -131,7 +132,7 @@ class ItemTower(nn.Module):
         self.id_embedding = nn.Embedding(num_items + 1, id_dim, padding_idx=0)
         self.features = FeatureEmbedding(features, feature_dim)
         self.mlp = MLP(id_dim + self.features.out_dim, hidden, out_dim, dropout)
-        self.bias = nn.Linear(out_dim, 1) if item_bias else None
+        self.bias = nn.Linear(self.features.out_dim or id_dim, 1) if item_bias else None
 
     def forward(self, ids: Tensor, features: Mapping[str, Tensor]) -> Tensor:
         ids_vec = self.id_embedding(ids)
@@ -139,9 +140,8 @@ class ItemTower(nn.Module):
             keep = torch.rand(ids.shape, device=ids.device) >= self.id_dropout
             ids_vec = ids_vec * keep.unsqueeze(-1)
         parts = [ids_vec, self.features(features)] if self.features.out_dim else [ids_vec]
-        hidden = self.mlp(torch.cat(parts, dim=-1))
-        vector = F.normalize(hidden, dim=-1)
-        return vector if self.bias is None else torch.cat([vector, self.bias(hidden)], dim=-1)
+        vector = F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
+        return vector if self.bias is None else torch.cat([vector, self.bias(parts[-1])], dim=-1)
 
 
 class UserTower(nn.Module):
