@@ -15,6 +15,7 @@ from rectorch.models.components.sequence_losses import (
     SampledSoftmaxLoss,
 )
 from rectorch.models.sasrec import SASRecModule, trim_padding
+from rectorch.resolvers import CONFIG_DIR
 from rectorch.training.train import train
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*self.log.*")
@@ -65,6 +66,19 @@ def test_overfits_one_batch(loss: torch.nn.Module) -> None:
     inputs, targets = batch["items"][:, :-1], batch["items"][:, -1]
     top = model.score(history=inputs)[:, 1:].argmax(dim=1) + 1
     assert (top == targets).float().mean() >= 5 / 6
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONFIG_DIR / "model" / "loss").glob("*.yaml")))
+def test_every_loss_config_builds_and_trains_a_step(compose_train, name: str) -> None:
+    from hydra.utils import instantiate
+
+    cfg = compose_train("model=sasrec", f"model/loss={name}")
+    loss = instantiate(cfg.model.loss)
+    assert type(loss).__name__.lower().removesuffix("loss") == name.replace("_", "")
+    model = make(loss)
+    value = model.training_step({"items": torch.randint(1, 31, (4, 11))}, 0)
+    value.backward()
+    assert torch.isfinite(value) and model.encoder.item_embedding.weight.grad.abs().sum() > 0
 
 
 def test_sasrec_beats_popularity_and_ease_on_planted_structure(compose_train) -> None:
