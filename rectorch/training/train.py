@@ -42,6 +42,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     model = instantiate(cfg.model, spec=datamodule.spec)
+    if cfg.get("init_from"):
+        load_weights(model, Path(cfg.init_from))
     datamodule.view = model.view
     family = type(model).__name__.removesuffix("Module").lower()
 
@@ -88,6 +90,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if mlflow is not None:
             log_results(mlflow, metrics_path, checkpoint)
     return results
+
+
+def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    """Copy a Lightning checkpoint's weights into ``model``; a missing file or another architecture fails loudly."""
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"init_from: no checkpoint at {checkpoint}")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"init_from: {checkpoint} does not hold weights of this model: {error}") from error
 
 
 def _logger_names(cfg: DictConfig, dataset: str, family: str) -> dict[str, Any]:
