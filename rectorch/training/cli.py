@@ -8,12 +8,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
 from rectorch.resolvers import CONFIG_DIR, register_resolvers
 
 register_resolvers()
 
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError, InstantiationException)
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, InstantiationException, MissingMandatoryValue)
 
 
 def _root_cause(error: BaseException) -> BaseException:

@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, MLFlowLogger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rectorch.training.report import print_metrics
 from rectorch.training.timer import TrainTimer
@@ -42,8 +42,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     model = instantiate(cfg.model, spec=datamodule.spec)
-    if cfg.get("init_from"):
-        load_weights(model, Path(cfg.init_from))
+    init_from = OmegaConf.select(cfg, "init_from", throw_on_missing=True)
+    if init_from:
+        load_weights(model, Path(init_from))
     datamodule.view = model.view
     family = type(model).__name__.removesuffix("Module").lower()
 
