@@ -15,11 +15,11 @@ import json
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from rectorch.evaluation.cold_start import cold_start_report, flat_metrics
+from rectorch.models.checkpoint import load_weights
 from rectorch.resolvers import CONFIG_DIR, register_resolvers
 from rectorch.training.train import train
 
@@ -46,8 +46,7 @@ def main(cfg: DictConfig) -> None:
     if results["dataset_fingerprint"] != datamodule.dataset.fingerprint or results["protocol"]["split"] != "loo-cold":
         raise SystemExit(f"{run_dir} was not trained on this cold-start split: give the overrides it was trained with")
     model = instantiate(cfg.model, spec=datamodule.spec)
-    state = torch.load(results["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
-    model.load_state_dict(state)
+    load_weights(model, results["checkpoint"])
     onboarding = (cfg.cold_start.onboarding_categories, cfg.cold_start.seed_items_per_category)
     report = cold_start_report(model.eval(), datamodule, tuple(cfg.cold_start.known), cfg.cold_start.seed, onboarding)
     report_path = output_dir / "cold_start.json"

@@ -26,6 +26,7 @@ from hydra.utils import instantiate
 
 from rectorch.data.random_walks import BipartiteGraph
 from rectorch.evaluation.item_to_item import item_to_item_hit_rate, last_and_next
+from rectorch.models.checkpoint import load_weights
 from rectorch.resolvers import CONFIG_DIR
 
 
@@ -58,8 +59,7 @@ def main() -> None:
     graph = BipartiteGraph.from_interactions(train, num_items)
     _, hard_seconds = _timed(view.hard_negative_table, graph, np.random.default_rng(0))
 
-    state = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
-    model.load_state_dict(state)
+    load_weights(model, metrics["checkpoint"])
     model.eval()
     vectors, inference_seconds = _timed(model.item_vectors)
     last, following = last_and_next(datamodule.split.test)

@@ -42,11 +42,12 @@ def recommended_popularity(config: Any, checkpoint: Path, k: int = 10) -> dict[s
     from hydra.utils import instantiate
 
     from rectorch.evaluation.metrics import popularity_percentile
+    from rectorch.models.checkpoint import load_weights
 
     datamodule = instantiate(config.data)
     datamodule.setup("test")
     model = instantiate(config.model, spec=datamodule.spec)
-    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"])
+    load_weights(model, checkpoint)
     model.eval()
     datamodule.view = model.view
     popularity = torch.from_numpy(datamodule.item_popularity())

@@ -145,14 +145,15 @@ def content_popularity(
     if not table.kinds:
         raise ValueError("content popularity needs item features; this dataset has none")
     target = np.log1p(counts[items].astype(np.float64))
-    x = feature_matrix(table, items)
+    every = feature_matrix(table, np.arange(len(counts)))
+    x = every[items]
     held = np.random.default_rng(seed).random(len(items)) < 0.2
 
     def held_out_error(l2: float) -> float:
         return float(np.mean((x[held] @ _ridge(x[~held], target[~held], l2) - target[held]) ** 2))
 
     best = min(l2_grid, key=held_out_error)
-    return feature_matrix(table, np.arange(len(counts))) @ _ridge(x, target, best)
+    return every @ _ridge(x, target, best)
 
 
 def cold_item_report(

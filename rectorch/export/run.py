@@ -5,11 +5,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rectorch.models.base import RecModule
+from rectorch.models.checkpoint import load_weights
 from rectorch.resolvers import register_resolvers
 
 
@@ -76,8 +76,7 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     datamodule.setup()
     model: RecModule = instantiate(cfg.model, spec=datamodule.spec)
     datamodule.view = model.view
-    state = torch.load(checkpoint_path(run_dir, metrics), map_location="cpu", weights_only=False)
-    model.load_state_dict(state["state_dict"])
+    load_weights(model, checkpoint_path(run_dir, metrics))
     return TrainedRun(run_dir, cfg, metrics, datamodule, model.eval())
 
 

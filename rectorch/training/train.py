@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
+from rectorch.models.checkpoint import load_weights
 from rectorch.training.report import print_metrics
 from rectorch.training.timer import TrainTimer
 from rectorch.training.tracking import PARENT_TAG, config_hash, git_commit, log_results, log_run_config, sweep_parent
@@ -44,7 +45,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = instantiate(cfg.model, spec=datamodule.spec)
     init_from = OmegaConf.select(cfg, "init_from", throw_on_missing=True)
     if init_from:
-        load_weights(model, Path(init_from))
+        load_weights(model, init_from)
     datamodule.view = model.view
     family = type(model).__name__.removesuffix("Module").lower()
 
@@ -91,17 +92,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if mlflow is not None:
             log_results(mlflow, metrics_path, checkpoint)
     return results
-
-
-def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
-    """Copy a Lightning checkpoint's weights into ``model``; a missing file or another architecture fails loudly."""
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"init_from: no checkpoint at {checkpoint}")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(f"init_from: {checkpoint} does not hold weights of this model: {error}") from error
 
 
 def _logger_names(cfg: DictConfig, dataset: str, family: str) -> dict[str, Any]:

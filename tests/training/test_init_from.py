@@ -1,4 +1,4 @@
-"""``init_from``: a checkpoint's weights start a new run; a wrong or missing checkpoint fails loudly."""
+"""``load_weights`` (behind ``init_from``): a checkpoint's weights start a new run; bad checkpoints fail loudly."""
 
 import functools
 from pathlib import Path
@@ -8,10 +8,10 @@ import torch
 
 from rectorch.data.spec import DataSpec
 from rectorch.data.views import SequenceView
+from rectorch.models.checkpoint import load_weights
 from rectorch.models.components.sequence_encoder import SequenceEncoder
 from rectorch.models.components.sequence_losses import FullSoftmaxLoss
 from rectorch.models.sasrec import SASRecModule
-from rectorch.training.train import load_weights
 
 
 def sasrec(dim: int, seed: int) -> SASRecModule:
