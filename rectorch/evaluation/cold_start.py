@@ -4,7 +4,8 @@ Works on any model through two callables (a query encoder and its item table), s
 model code. Baselines are scored through the same path:
 
 - cold items: every user with interactions on held-out items ranks the held-out set only (the rest of
-  the catalog is masked). Baselines, all restricted to the cold set: random scores; *content
+  the catalog is masked). Baselines, all restricted to the cold set: random scores; training
+  *popularity* (every cold item has 0 training interactions: all ties, broken at random); *content
   popularity*, the popularity a cold item is predicted to have from its features (ridge regression of
   log training counts on the warm items' features: what a shop can rank new items by on launch day);
   and the *oracle* popularity counted on the held-out interactions themselves (an upper reference that
@@ -57,6 +58,13 @@ def model_scorer(encode_query: Callable[..., Tensor], item_vectors: Tensor) -> S
 def constant_scorer(item_scores: Tensor) -> Scorer:
     """The same score vector for every user (popularity)."""
     return lambda query, users: item_scores.float().expand(len(users), -1).clone()
+
+
+def popularity_scorer(counts: np.ndarray, seed: int = 0) -> Scorer:
+    """Training popularity with ties broken at random (seeded), not by item id: ids often follow
+    first appearance, which would smuggle a popularity signal into a tie."""
+    jitter = torch.rand(len(counts), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return constant_scorer(torch.as_tensor(counts, dtype=torch.float64) + 0.5 * jitter)
 
 
 def random_scorer(num_items: int, seed: int = 0) -> Scorer:
@@ -166,7 +174,7 @@ def cold_item_report(
     popularity: np.ndarray,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Model vs random, content popularity and oracle popularity, ranking only the held-out items.
+    """Model vs random, training, content and oracle popularity, ranking only the held-out items.
 
     ``popularity``: training interactions per item id, shape ``(num_items + 1,)``.
     """
@@ -175,7 +183,11 @@ def cold_item_report(
     candidates[torch.as_tensor(cold_items)] = True
     oracle = torch.as_tensor(np.bincount(es.targets.items, minlength=num_items + 1))
     evaluator = RankingEvaluator(settings, num_items, oracle)
-    scorers = {"model": model, "random": random_scorer(num_items, seed)}
+    scorers = {
+        "model": model,
+        "random": random_scorer(num_items, seed),
+        "popularity": popularity_scorer(popularity, seed),
+    }
     if features[1].kinds:
         warm = np.flatnonzero(popularity > 0)
         scorers["popularity_content"] = constant_scorer(

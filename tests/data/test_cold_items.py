@@ -19,6 +19,7 @@ from rectorch.evaluation.cold_start import (
     new_user_eval_set,
     new_user_report,
     onboarding_history,
+    popularity_scorer,
     random_scorer,
 )
 
@@ -79,6 +80,15 @@ def test_onboarding_declares_frequent_categories_and_seeds_their_popular_items()
     assert np.argsort(-scores[1])[:3].tolist() == [4, 6, 5]  # category-3 items first, by popularity
 
 
+def test_popularity_scorer_breaks_ties_at_random_not_by_id() -> None:
+    counts = np.array([0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0])
+    scores = popularity_scorer(counts, seed=1)({}, torch.tensor([7, 8]))
+    order = torch.argsort(scores[0], descending=True).tolist()
+    assert order[:2] == [10, 1]  # counts still decide
+    assert order[2:] != sorted(order[2:])  # the zero-count ties are not in id order
+    torch.testing.assert_close(scores[0], scores[1])  # one order for every user
+
+
 def test_reports_score_models_and_baselines() -> None:
     ds = prepared()
     split = ColdItemSplit(holdout_fraction=0.2, user_fraction=0.2, seed=0)(ds)
@@ -95,6 +105,8 @@ def test_reports_score_models_and_baselines() -> None:
     )
     assert cold["random"]["ndcg@10"] > 0 and cold["popularity_oracle"]["ndcg@10"] > cold["random"]["ndcg@10"]
     assert cold["popularity_content"]["ndcg@10"] > 0
+    assert popularity[split.cold_items].sum() == 0  # training popularity on the cold set is one fixed order
+    assert cold["popularity"]["ndcg@10"] < cold["popularity_oracle"]["ndcg@10"]
     users = new_user_report(
         lambda query, batch_users: torch.as_tensor(popularity).float().expand(len(batch_users), -1).clone(),
         split.new_users,

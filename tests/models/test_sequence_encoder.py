@@ -13,8 +13,9 @@ def make(causal: bool, pre_norm: bool = True, **kwargs) -> SequenceEncoder:
 
 
 @pytest.mark.parametrize("pre_norm", [True, False])
-def test_causal_output_ignores_later_items(pre_norm: bool) -> None:
-    encoder = make(causal=True, pre_norm=pre_norm)
+@pytest.mark.parametrize("positions_from_start", [True, False])
+def test_causal_output_ignores_later_items(pre_norm: bool, positions_from_start: bool) -> None:
+    encoder = make(causal=True, pre_norm=pre_norm, positions_from_start=positions_from_start)
     items = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8]])
     changed = items.clone()
     changed[0, 5] = 19
@@ -32,8 +33,9 @@ def test_bidirectional_output_sees_later_items() -> None:
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_padding_invariance(causal: bool) -> None:
-    encoder = make(causal=causal)
+@pytest.mark.parametrize("positions_from_start", [True, False])
+def test_padding_invariance(causal: bool, positions_from_start: bool) -> None:
+    encoder = make(causal=causal, positions_from_start=positions_from_start)
     short = torch.tensor([[0, 0, 0, 0, 0, 5, 6, 7]])
     trimmed = short[:, -4:]
     other_padding = short.clone()
@@ -54,3 +56,21 @@ def test_shapes_and_extra_tokens() -> None:
 def test_heads_must_divide_dim() -> None:
     with pytest.raises(ValueError, match="divisible"):
         SequenceEncoder(num_items=5, max_len=4, dim=10, num_heads=3)
+
+
+def test_positions_from_start_make_a_prefix_independent_of_what_follows() -> None:
+    prefix = torch.tensor([[0, 0, 0, 0, 0, 3, 4, 5]])
+    longer = torch.tensor([[0, 0, 0, 3, 4, 5, 6, 7]])
+    from_start = make(causal=True, positions_from_start=True)
+    torch.testing.assert_close(from_start(prefix)[:, 5:], from_start(longer)[:, 3:6])
+    from_end = make(causal=True)
+    assert not torch.allclose(from_end(prefix)[:, 5:], from_end(longer)[:, 3:6])
+
+
+def test_init_std_sets_embeddings_and_linear_weights() -> None:
+    encoder = SequenceEncoder(num_items=2000, max_len=8, dim=64, init_std=0.02)
+    assert encoder.item_embedding.weight[1:].std().item() == pytest.approx(0.02, rel=0.05)
+    assert encoder.item_embedding.weight[0].abs().sum() == 0
+    qkv = encoder.blocks[0].attn.qkv
+    assert qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert qkv.bias.abs().sum() == 0

@@ -95,9 +95,9 @@ class SequenceEncoder(nn.Module):
     """Item sequences → one hidden vector per position.
 
     Item embedding (row 0 = padding, then ``num_items`` items, then ``extra_tokens`` special rows such
-    as BERT4Rec's [MASK]), learnable positions counted from the right end, ``num_blocks`` transformer
-    blocks. Padding keys are never attended to; a padding query attends to itself only, so every row of
-    the attention is finite and padded positions never influence real ones.
+    as BERT4Rec's [MASK]), learnable positions, ``num_blocks`` transformer blocks. Padding keys are
+    never attended to; a padding query attends to itself only, so every row of the attention is finite
+    and padded positions never influence real ones.
 
     Args:
         num_items: catalog size; item ids are ``1..num_items``.
@@ -113,6 +113,11 @@ class SequenceEncoder(nn.Module):
         activation: feed-forward non-linearity (default ``nn.ReLU()``).
         extra_tokens: special embedding rows after the items.
         scale_embeddings: multiply item embeddings by ``sqrt(D)`` (as SASRec does).
+        positions_from_start: number positions from each sequence's first real item (0, 1, ...), so a
+            causal prefix's positions do not depend on how many items follow it; else from the right end
+            (the newest item is always position ``max_len - 1``, as in the original SASRec code).
+        init_std: normal init std of the embeddings and of every linear weight (biases zero);
+            ``None`` = embeddings ``N(0, 1/D)`` and PyTorch's default linear init.
 
     Shapes:
         items: ``(B, L)`` with ``L ≤ max_len``, right-aligned → ``(B, L, D)``.
@@ -133,10 +138,13 @@ class SequenceEncoder(nn.Module):
         activation: nn.Module | None = None,
         extra_tokens: int = 0,
         scale_embeddings: bool = True,
+        positions_from_start: bool = False,
+        init_std: float | None = None,
     ) -> None:
         super().__init__()
         self.num_items, self.max_len, self.dim = num_items, max_len, dim
         self.causal, self.pre_norm = causal, pre_norm
+        self.positions_from_start, self.init_std = positions_from_start, init_std
         self.scale = math.sqrt(dim) if scale_embeddings else 1.0
         self.item_embedding = nn.Embedding(num_items + 1 + extra_tokens, dim, padding_idx=0)
         self.position_embedding = nn.Embedding(max_len, dim)
@@ -151,8 +159,14 @@ class SequenceEncoder(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.item_embedding.weight, std=self.dim**-0.5)
-        nn.init.normal_(self.position_embedding.weight, std=self.dim**-0.5)
+        std = self.dim**-0.5 if self.init_std is None else self.init_std
+        nn.init.normal_(self.item_embedding.weight, std=std)
+        nn.init.normal_(self.position_embedding.weight, std=std)
+        if self.init_std is not None:
+            for module in self.blocks.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.normal_(module.weight, std=self.init_std)
+                    nn.init.zeros_(module.bias)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
 
@@ -165,10 +179,15 @@ class SequenceEncoder(nn.Module):
             allowed = allowed & torch.ones(L, L, dtype=torch.bool, device=items.device).tril()
         return allowed | eye
 
+    def position_vectors(self, items: Tensor) -> Tensor:
+        """``(B, L, D)`` from the first real item, or ``(L, D)`` counted from the right end."""
+        if self.positions_from_start:
+            index = ((items != 0).long().cumsum(dim=1) - 1).clamp(min=0)
+            return self.position_embedding(index)
+        return self.position_embedding.weight[self.max_len - items.shape[1] :]
+
     def forward(self, items: Tensor) -> Tensor:
-        L = items.shape[1]
-        positions = self.position_embedding.weight[self.max_len - L :]  # (L, D), counted from the right
-        x = self.item_embedding(items) * self.scale + positions
+        x = self.item_embedding(items) * self.scale + self.position_vectors(items)
         if not self.pre_norm:
             x = self.norm(x)
         x = self.dropout(x)
