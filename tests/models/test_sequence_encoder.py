@@ -12,10 +12,12 @@ def make(causal: bool, pre_norm: bool = True, **kwargs) -> SequenceEncoder:
     return encoder.eval()
 
 
-@pytest.mark.parametrize("pre_norm", [True, False])
+@pytest.mark.parametrize("pre_norm, query_norm_only", [(True, False), (False, False), (True, True)])
 @pytest.mark.parametrize("positions_from_start", [True, False])
-def test_causal_output_ignores_later_items(pre_norm: bool, positions_from_start: bool) -> None:
-    encoder = make(causal=True, pre_norm=pre_norm, positions_from_start=positions_from_start)
+def test_causal_output_ignores_later_items(pre_norm: bool, query_norm_only: bool, positions_from_start: bool) -> None:
+    encoder = make(
+        causal=True, pre_norm=pre_norm, query_norm_only=query_norm_only, positions_from_start=positions_from_start
+    )
     items = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8]])
     changed = items.clone()
     changed[0, 5] = 19
@@ -34,8 +36,9 @@ def test_bidirectional_output_sees_later_items() -> None:
 
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("positions_from_start", [True, False])
-def test_padding_invariance(causal: bool, positions_from_start: bool) -> None:
-    encoder = make(causal=causal, positions_from_start=positions_from_start)
+@pytest.mark.parametrize("query_norm_only", [True, False])
+def test_padding_invariance(causal: bool, positions_from_start: bool, query_norm_only: bool) -> None:
+    encoder = make(causal=causal, positions_from_start=positions_from_start, query_norm_only=query_norm_only)
     short = torch.tensor([[0, 0, 0, 0, 0, 5, 6, 7]])
     trimmed = short[:, -4:]
     other_padding = short.clone()
@@ -74,3 +77,16 @@ def test_init_std_sets_embeddings_and_linear_weights() -> None:
     qkv = encoder.blocks[0].attn.qkv
     assert qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert qkv.bias.abs().sum() == 0
+
+
+def test_query_norm_only_block_reads_raw_keys_and_values() -> None:
+    encoder = make(causal=True, query_norm_only=True)
+    block = encoder.blocks[0]
+    x = torch.randn(2, 5, 16) * 3 + 1
+    allowed = torch.ones(5, 5, dtype=torch.bool).tril()[None, None]
+    q = block.ln_attn(x)
+    expected = block.ln_ffn(q + block.attn(q, allowed, context=x))
+    torch.testing.assert_close(block(x, allowed), expected + block.ffn(expected))
+    assert not torch.allclose(block.attn(q, allowed, context=x), block.attn(q, allowed))
+    with pytest.raises(ValueError, match="pre_norm"):
+        SequenceEncoder(num_items=5, max_len=4, dim=8, pre_norm=False, query_norm_only=True)

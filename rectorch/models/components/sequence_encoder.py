@@ -35,9 +35,15 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.out_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
+    def forward(self, x: Tensor, allowed: Tensor, context: Tensor | None = None) -> Tensor:
+        """Queries from ``x``; keys and values from ``context`` (default ``x``), same shape."""
         B, L, D = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        if context is None:
+            qkv = self.qkv(x)
+        else:
+            weight, bias = self.qkv.weight, self.qkv.bias
+            qkv = torch.cat([F.linear(x, weight[:D], bias[:D]), F.linear(context, weight[D:], bias[D:])], dim=-1)
+        q, k, v = qkv.view(B, L, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(  # (B, nh, L, hs)
             q, k, v, attn_mask=allowed, dropout_p=self.attention_dropout if self.training else 0.0
         )
@@ -65,7 +71,12 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    """Attention + feed-forward with residuals, LayerNorm before (pre-LN) or after (post-LN) each."""
+    """Attention + feed-forward with residuals, LayerNorm before (pre-LN) or after (post-LN) each.
+
+    ``query_norm_only`` is the block of the original SASRec code: only the attention queries are
+    normalised (keys and values read the raw stream), the residual adds to the normalised queries, and
+    the feed-forward reads and adds to a normalised stream.
+    """
 
     def __init__(
         self,
@@ -76,14 +87,19 @@ class Block(nn.Module):
         dropout: float,
         attention_dropout: float,
         pre_norm: bool,
+        query_norm_only: bool = False,
     ) -> None:
         super().__init__()
-        self.pre_norm = pre_norm
+        self.pre_norm, self.query_norm_only = pre_norm, query_norm_only
         self.ln_attn, self.ln_ffn = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.attn = SelfAttention(dim, num_heads, dropout, attention_dropout)
         self.ffn = FeedForward(dim, hidden, activation, dropout)
 
     def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
+        if self.query_norm_only:
+            q = self.ln_attn(x)
+            x = self.ln_ffn(q + self.attn(q, allowed, context=x))
+            return x + self.ffn(x)
         if self.pre_norm:
             x = x + self.attn(self.ln_attn(x), allowed)
             return x + self.ffn(self.ln_ffn(x))
@@ -116,6 +132,7 @@ class SequenceEncoder(nn.Module):
         positions_from_start: number positions from each sequence's first real item (0, 1, ...), so a
             causal prefix's positions do not depend on how many items follow it; else from the right end
             (the newest item is always position ``max_len - 1``, as in the original SASRec code).
+        query_norm_only: pre-LN blocks as in the original SASRec code (see :class:`Block`).
         init_std: normal init std of the embeddings and of every linear weight (biases zero);
             ``None`` = embeddings ``N(0, 1/D)`` and PyTorch's default linear init.
 
@@ -139,9 +156,12 @@ class SequenceEncoder(nn.Module):
         extra_tokens: int = 0,
         scale_embeddings: bool = True,
         positions_from_start: bool = False,
+        query_norm_only: bool = False,
         init_std: float | None = None,
     ) -> None:
         super().__init__()
+        if query_norm_only and not pre_norm:
+            raise ValueError("query_norm_only is a pre-LN block: it needs pre_norm=true")
         self.num_items, self.max_len, self.dim = num_items, max_len, dim
         self.causal, self.pre_norm = causal, pre_norm
         self.positions_from_start, self.init_std = positions_from_start, init_std
@@ -152,7 +172,7 @@ class SequenceEncoder(nn.Module):
         activation = nn.ReLU() if activation is None else activation
         attention_dropout = dropout if attention_dropout is None else attention_dropout
         self.blocks = nn.ModuleList(
-            Block(dim, num_heads, ffn_hidden or dim, activation, dropout, attention_dropout, pre_norm)
+            Block(dim, num_heads, ffn_hidden or dim, activation, dropout, attention_dropout, pre_norm, query_norm_only)
             for _ in range(num_blocks)
         )
         self.norm = nn.LayerNorm(dim)
