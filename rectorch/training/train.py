@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import Logger, MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
 from rectorch.models.checkpoint import load_weights
+from rectorch.training.memory import fix_mmap_threshold
 from rectorch.training.report import print_metrics
 from rectorch.training.timer import TrainTimer
 from rectorch.training.tracking import PARENT_TAG, config_hash, git_commit, log_results, log_run_config, sweep_parent
@@ -37,6 +38,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     warnings.filterwarnings("ignore", message=".*sync_dist=True")  # evaluation state is reduced before logging
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("malloc_mmap_threshold_mb") is not None:
+        fix_mmap_threshold(cfg.malloc_mmap_threshold_mb)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
