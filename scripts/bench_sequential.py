@@ -65,8 +65,7 @@ def training_steps(overrides: list[str], bf16: bool, compiled: bool):
     """(step function, training loader) for the configured model; no Lightning, no validation."""
     cfg = compose_config(overrides)
     torch.manual_seed(cfg.seed)
-    if cfg.get("malloc_mmap_threshold_mb") is not None:
-        fix_mmap_threshold(cfg.malloc_mmap_threshold_mb)
+    fix_mmap_threshold(cfg.get("malloc_mmap_threshold_mb"))
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     model = instantiate(cfg.model, spec=datamodule.spec)

@@ -17,9 +17,10 @@ log = logging.getLogger(__name__)
 M_MMAP_THRESHOLD = -3
 
 
-def fix_mmap_threshold(megabytes: float) -> bool:
-    """Serve allocations of at least ``megabytes`` by mmap from now on (glibc only); ``False`` if not applied."""
-    if not sys.platform.startswith("linux"):
+def fix_mmap_threshold(megabytes: float | None) -> bool:
+    """Serve allocations of at least ``megabytes`` by mmap from now on (glibc only); ``None`` keeps glibc's
+    adaptive threshold. Returns whether a threshold was applied."""
+    if megabytes is None or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -38,8 +38,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     warnings.filterwarnings("ignore", message=".*sync_dist=True")  # evaluation state is reduced before logging
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    if cfg.get("malloc_mmap_threshold_mb") is not None:
-        fix_mmap_threshold(cfg.malloc_mmap_threshold_mb)
+    fix_mmap_threshold(cfg.get("malloc_mmap_threshold_mb"))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
