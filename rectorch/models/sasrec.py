@@ -9,6 +9,7 @@ from rectorch.data.spec import DataSpec
 from rectorch.data.views import SequenceView
 from rectorch.models.base import OptimizerFactory, RecModule, SchedulerFactory
 from rectorch.models.components.sequence_encoder import SequenceEncoder
+from rectorch.models.components.sequence_losses import SeenItems
 
 
 def trim_padding(items: Tensor) -> Tensor:
@@ -29,6 +30,8 @@ class SASRecModule(RecModule):
         view: ``SequenceView(max_len)``.
         encoder: partial ``SequenceEncoder``, completed with ``num_items``, ``max_len`` and ``causal=True``.
         loss: a loss from ``rectorch.models.components.sequence_losses``.
+        exclude_seen: no item of a user's training sequence is a negative for that user's positions
+            (evaluation never ranks seen items either); the published sampled-negative SASRec does this.
         optimizer: partial optimizer.
         scheduler: optional partial LR scheduler.
 
@@ -43,19 +46,21 @@ class SASRecModule(RecModule):
         view: SequenceView,
         encoder: Callable[..., SequenceEncoder],
         loss: nn.Module,
+        exclude_seen: bool = False,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
     ) -> None:
         super().__init__(spec, view, optimizer, scheduler)
         self.encoder = encoder(num_items=spec.num_items, max_len=view.max_len, causal=True)
-        self.loss = loss
+        self.loss, self.exclude_seen = loss, exclude_seen
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         items = trim_padding(batch["items"])
         inputs, targets = items[:, :-1], items[:, 1:]
         hidden = self.encoder(inputs)  # (B, L, D)
         has_target = targets != 0
-        loss = self.loss(hidden[has_target], targets[has_target], self.item_vectors())
+        seen = SeenItems.from_sequences(items, has_target, self.spec.num_items) if self.exclude_seen else None
+        loss = self.loss(hidden[has_target], targets[has_target], self.item_vectors(), seen)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(items))
         return loss
 

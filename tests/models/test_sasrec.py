@@ -68,6 +68,29 @@ def test_overfits_one_batch(loss: torch.nn.Module) -> None:
     assert (top == targets).float().mean() >= 5 / 6
 
 
+def test_exclude_seen_drops_the_users_other_items_from_the_softmax() -> None:
+    model = make()
+    batch = {"items": torch.tensor([[0, 0, 0, 4, 9, 2, 9, 7, 1, 3, 5], [6, 1, 8, 2, 3, 4, 5, 7, 11, 12, 13]])}
+    plain = model.training_step(batch, 0)
+    model.exclude_seen = True
+    excluding = model.training_step(batch, 0)
+    items = trim_padding(batch["items"])
+    hidden = model.encoder(items[:, :-1])
+    logits = hidden @ model.item_vectors().T  # (B, L, N + 1)
+    expected = []
+    for b in range(len(items)):
+        seen = items[b][items[b] != 0]
+        for t in range(items.shape[1] - 1):
+            target = items[b, t + 1]
+            if target == 0:
+                continue
+            row = logits[b, t].clone()
+            row[0] = row[seen[seen != target]] = float("-inf")
+            expected.append(row.logsumexp(0) - row[target])
+    assert excluding.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+    assert excluding.item() < plain.item()
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONFIG_DIR / "model" / "loss").glob("*.yaml")))
 def test_every_loss_config_builds_and_trains_a_step(compose_train, name: str) -> None:
     from hydra.utils import instantiate

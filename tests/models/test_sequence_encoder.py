@@ -1,5 +1,7 @@
 """SequenceEncoder: causality, padding invariance, bidirectional mixing, shapes."""
 
+import math
+
 import pytest
 import torch
 
@@ -77,6 +79,14 @@ def test_init_std_sets_embeddings_and_linear_weights() -> None:
     qkv = encoder.blocks[0].attn.qkv
     assert qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert qkv.bias.abs().sum() == 0
+
+
+def test_xavier_qkv_keeps_multihead_attention_init() -> None:
+    encoder = SequenceEncoder(num_items=2000, max_len=8, dim=64, init_std=0.02, xavier_qkv=True)
+    bound = math.sqrt(6 / (64 + 3 * 64))  # Xavier-uniform on the fused (3D, D) weight
+    qkv = encoder.blocks[1].attn.qkv.weight
+    assert qkv.abs().max().item() <= bound and qkv.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+    assert encoder.blocks[1].attn.proj.weight.std().item() == pytest.approx(0.02, rel=0.1)
 
 
 def test_query_norm_only_block_reads_raw_keys_and_values() -> None:

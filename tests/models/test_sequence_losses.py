@@ -11,6 +11,7 @@ from rectorch.models.components.sequence_losses import (
     FullSoftmaxLoss,
     GBCELoss,
     SampledSoftmaxLoss,
+    SeenItems,
 )
 
 
@@ -101,3 +102,82 @@ def test_gbce_beta_and_value(tiny) -> None:
 def test_gbce_rejects_bad_t() -> None:
     with pytest.raises(ValueError, match="calibration"):
         GBCELoss(t=1.5)
+
+
+def seen_of(sequences: list[list[int]], positions: list[int], num_items: int) -> SeenItems:
+    """``SeenItems`` for target positions ``positions[p]`` = index of the sequence holding position p."""
+    has_target = torch.zeros(len(sequences), len(positions), dtype=torch.bool)
+    for p, row in enumerate(positions):
+        has_target[row, p] = True
+    return SeenItems.from_sequences(torch.tensor(sequences), has_target, num_items)
+
+
+def test_seen_items_maps_positions_to_their_sequence() -> None:
+    sequences = torch.tensor([[0, 2, 3], [1, 4, 0]])
+    has_target = torch.tensor([[False, True, True], [True, False, False]])
+    seen = SeenItems.from_sequences(sequences, has_target, num_items=5)
+    assert seen.row.tolist() == [0, 0, 1]  # hidden[has_target] gathers row-major
+    assert seen.of_each(torch.tensor([3, 1, 4])).tolist() == [True, False, True]
+    assert seen.of_shared(torch.tensor([2, 4])).tolist() == [[True, False], [True, False], [False, True]]
+    assert seen.of_rows(2, 3)[0, 1:].tolist() == [True, False, False, True, False]
+
+
+@pytest.mark.parametrize("max_logits", [1, 2**20])
+def test_full_softmax_excluding_seen_drops_them_from_the_softmax(max_logits: int) -> None:
+    torch.manual_seed(0)
+    num_items = 9
+    hidden = torch.randn(3, 4, requires_grad=True)
+    items = torch.randn(num_items + 1, 4, requires_grad=True)
+    sequences = [[2, 5, 7], [0, 1, 3]]
+    targets = torch.tensor([5, 7, 3])  # each target is in its own sequence and stays a candidate
+    seen = seen_of(sequences, [0, 0, 1], num_items)
+    loss = FullSoftmaxLoss(max_logits=max_logits)(hidden, targets, items, seen)
+    loss.backward()
+    h2, w2 = hidden.detach().clone().requires_grad_(), items.detach().clone().requires_grad_()
+    logits = h2 @ w2.T
+    excluded = torch.zeros(3, num_items + 1, dtype=torch.bool)
+    excluded[0, [0, 2, 7]] = excluded[1, [0, 2, 5]] = excluded[2, [0, 1]] = True
+    reference = F.cross_entropy(logits.masked_fill(excluded, float("-inf")), targets)
+    reference.backward()
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    torch.testing.assert_close(hidden.grad, h2.grad)
+    torch.testing.assert_close(items.grad, w2.grad)
+    assert items.grad[[2]].abs().sum() > 0 and reference.item() < F.cross_entropy(logits[:, 1:], targets - 1)
+
+
+def test_sampled_softmax_and_gbce_mask_seen_negatives() -> None:
+    torch.manual_seed(0)
+    num_items = 6
+    hidden, items = torch.randn(2, 3), torch.randn(num_items + 1, 3)
+    targets = torch.tensor([2, 4])
+    seen = seen_of([[1, 2, 3], [4, 5, 6]], [0, 1], num_items)
+    logits = hidden @ items.T
+    torch.manual_seed(1)
+    negatives = torch.randint(1, num_items + 1, (5,))
+    unseen = torch.stack([negatives > 3, negatives <= 3])  # (P, K)
+    torch.manual_seed(1)
+    sampled = SampledSoftmaxLoss(num_negatives=5)(hidden, targets, items, seen)
+    expected = [
+        torch.cat([logits[p, t, None], logits[p, negatives[unseen[p]]]]).logsumexp(0) - logits[p, t]
+        for p, t in enumerate(targets)
+    ]
+    assert sampled.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+    torch.manual_seed(1)
+    gbce = GBCELoss(num_negatives=5, t=0.0)(hidden, targets, items, seen)  # t = 0: β = 1
+    expected = [
+        F.softplus(-logits[p, t]) + F.softplus(logits[p, negatives[unseen[p]]]).sum() for p, t in enumerate(targets)
+    ]
+    assert gbce.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+
+
+def test_bce_draws_negatives_outside_the_sequence() -> None:
+    # seen items score 10, unseen 0: every unseen negative adds exactly log 2, a seen one about 10
+    num_items, count = 50, 400
+    seen = seen_of([list(range(1, 26))] * count, list(range(count)), num_items)  # half the catalog seen
+    items = torch.zeros(num_items + 1, 1)
+    items[1:26] = 10.0
+    hidden, targets = torch.ones(count, 1), torch.randint(1, 26, (count,))
+    torch.manual_seed(0)
+    loss = BCELoss()(hidden, targets, items, seen)
+    assert loss.item() == pytest.approx(F.softplus(torch.tensor(-10.0)).item() + math.log(2), rel=1e-4)
+    assert BCELoss()(hidden, targets, items).item() > 3  # without ``seen`` about half are seen items

@@ -135,6 +135,9 @@ class SequenceEncoder(nn.Module):
         query_norm_only: pre-LN blocks as in the original SASRec code (see :class:`Block`).
         init_std: normal init std of the embeddings and of every linear weight (biases zero);
             ``None`` = embeddings ``N(0, 1/D)`` and PyTorch's default linear init.
+        xavier_qkv: with ``init_std``, the fused query/key/value projection keeps the Xavier-uniform
+            init of ``torch.nn.MultiheadAttention`` (as the reference SASRec+ code does), since
+            ``N(0, 0.02)`` queries and keys start with near-uniform attention.
 
     Shapes:
         items: ``(B, L)`` with ``L ≤ max_len``, right-aligned → ``(B, L, D)``.
@@ -158,13 +161,14 @@ class SequenceEncoder(nn.Module):
         positions_from_start: bool = False,
         query_norm_only: bool = False,
         init_std: float | None = None,
+        xavier_qkv: bool = False,
     ) -> None:
         super().__init__()
         if query_norm_only and not pre_norm:
             raise ValueError("query_norm_only is a pre-LN block: it needs pre_norm=true")
         self.num_items, self.max_len, self.dim = num_items, max_len, dim
         self.causal, self.pre_norm = causal, pre_norm
-        self.positions_from_start, self.init_std = positions_from_start, init_std
+        self.positions_from_start, self.init_std, self.xavier_qkv = positions_from_start, init_std, xavier_qkv
         self.scale = math.sqrt(dim) if scale_embeddings else 1.0
         self.item_embedding = nn.Embedding(num_items + 1 + extra_tokens, dim, padding_idx=0)
         self.position_embedding = nn.Embedding(max_len, dim)
@@ -187,6 +191,9 @@ class SequenceEncoder(nn.Module):
                 if isinstance(module, nn.Linear):
                     nn.init.normal_(module.weight, std=self.init_std)
                     nn.init.zeros_(module.bias)
+            if self.xavier_qkv:
+                for block in self.blocks:
+                    nn.init.xavier_uniform_(block.attn.qkv.weight)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
 

@@ -1,17 +1,52 @@
 """Next-item losses for sequence models, injected as objects (``model.loss._target_``).
 
-Every loss has one signature: ``loss(hidden, targets, items)`` with the hidden states gathered at
-the positions that have a target, their target ids, and the item table whose row ``i`` scores item
-``i`` (row 0 = padding, never a candidate). Only target positions reach a loss, so padding costs
-nothing here.
+Every loss has one signature: ``loss(hidden, targets, items, seen=None)`` with the hidden states
+gathered at the positions that have a target, their target ids, and the item table whose row ``i``
+scores item ``i`` (row 0 = padding, never a candidate). Only target positions reach a loss, so padding
+costs nothing here. With ``seen`` (:class:`SeenItems`), no item of a position's own sequence counts as
+a negative there, as evaluation never ranks a user's seen items.
 
 Shapes:
     hidden: ``(P, D)``; targets: ``(P,)`` in ``1..N``; items: ``(N + 1, D)`` → scalar.
 """
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+class SeenItems(NamedTuple):
+    """Which items each target position's sequence holds.
+
+    Shapes:
+        matrix: ``(B, N + 1)`` bool, True where sequence ``b`` holds item ``i``; row: ``(P,)`` the
+        sequence of each target position.
+    """
+
+    matrix: Tensor
+    row: Tensor
+
+    @classmethod
+    def from_sequences(cls, sequences: Tensor, has_target: Tensor, num_items: int) -> "SeenItems":
+        """``sequences``: ``(B, S)`` 0-padded ids; ``has_target``: ``(B, L)`` bool, the positions in the
+        row-major order in which ``hidden[has_target]`` gathers them."""
+        matrix = torch.zeros(len(sequences), num_items + 1, dtype=torch.bool, device=sequences.device)
+        matrix.scatter_(1, sequences, True)  # padding marks column 0, never a candidate anyway
+        return cls(matrix, has_target.nonzero()[:, 0])
+
+    def of_rows(self, start: int, stop: int) -> Tensor:
+        """``(stop - start, N + 1)``: the whole catalog for target positions ``start:stop``."""
+        return self.matrix[self.row[start:stop]]
+
+    def of_shared(self, ids: Tensor) -> Tensor:
+        """``(P, K)``: ``K`` ids shared by every position."""
+        return self.matrix[:, ids][self.row]
+
+    def of_each(self, ids: Tensor) -> Tensor:
+        """``(P,)``: one id per position."""
+        return self.matrix[self.row, ids]
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
@@ -24,7 +59,9 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, targets: Tensor, items: Tensor, chunk: int, dtype: torch.dtype) -> Tensor:
+    def forward(
+        ctx, hidden: Tensor, targets: Tensor, items: Tensor, chunk: int, dtype: torch.dtype, seen: SeenItems | None
+    ) -> Tensor:
         count = hidden.shape[0]
         grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
         grad_items = torch.zeros(items.shape, dtype=torch.float32, device=items.device)
@@ -36,6 +73,10 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 h, t = queries[start : start + chunk], targets[start : start + chunk]
                 rows = torch.arange(len(t), device=t.device)
                 logits = (h @ table.T).float()  # (chunk, N + 1)
+                if seen is not None:
+                    target_logits = logits[rows, t]
+                    logits.masked_fill_(seen.of_rows(start, start + chunk), float("-inf"))
+                    logits[rows, t] = target_logits
                 logits[:, 0] = float("-inf")
                 probs = logits.softmax(dim=1)
                 total -= probs[rows, t].clamp_min(tiny).log().sum()
@@ -49,7 +90,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         grad_hidden, grad_items = ctx.saved_tensors
-        return grad_hidden * grad_output, None, grad_items * grad_output, None, None
+        return grad_hidden * grad_output, None, grad_items * grad_output, None, None, None
 
 
 class FullSoftmaxLoss(nn.Module):
@@ -67,12 +108,12 @@ class FullSoftmaxLoss(nn.Module):
         super().__init__()
         self.max_logits, self.bf16 = max_logits, bf16
 
-    def forward(self, hidden: Tensor, targets: Tensor, items: Tensor) -> Tensor:
+    def forward(self, hidden: Tensor, targets: Tensor, items: Tensor, seen: SeenItems | None = None) -> Tensor:
         chunk = max(1, self.max_logits // items.shape[0])
         device = hidden.device.type
         autocast_bf16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
         dtype = torch.bfloat16 if self.bf16 or autocast_bf16 else torch.float32
-        return _ChunkedCrossEntropy.apply(hidden, targets, items, chunk, dtype)
+        return _ChunkedCrossEntropy.apply(hidden, targets, items, chunk, dtype, seen)
 
 
 def uniform_negatives(count: int, items: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -84,8 +125,8 @@ class SampledSoftmaxLoss(nn.Module):
     """Softmax cross-entropy over the target and ``num_negatives`` uniform negatives.
 
     The negatives are shared by every position in the batch (one ``(P, D) @ (D, K)`` matmul); a
-    negative equal to a position's target is masked out. Uniform sampling makes the logQ
-    correction a constant, so none is applied.
+    negative equal to a position's target (with ``seen``, any in the position's sequence) is masked
+    out. Uniform sampling makes the logQ correction a constant, so none is applied.
 
     Args:
         num_negatives: negatives per batch ``K`` (e.g. 256-3000).
@@ -95,10 +136,11 @@ class SampledSoftmaxLoss(nn.Module):
         super().__init__()
         self.num_negatives = num_negatives
 
-    def forward(self, hidden: Tensor, targets: Tensor, items: Tensor) -> Tensor:
+    def forward(self, hidden: Tensor, targets: Tensor, items: Tensor, seen: SeenItems | None = None) -> Tensor:
         negatives = uniform_negatives(self.num_negatives, items)
         positive = (hidden * items[targets]).sum(-1, keepdim=True)  # (P, 1)
-        negative = (hidden @ items[negatives].T).masked_fill(negatives == targets[:, None], float("-inf"))
+        excluded = negatives == targets[:, None] if seen is None else seen.of_shared(negatives)
+        negative = (hidden @ items[negatives].T).masked_fill(excluded, float("-inf"))
         logits = torch.cat([positive, negative], dim=1).float()  # (P, 1 + K)
         return (logits.logsumexp(dim=1) - logits[:, 0]).mean()
 
@@ -106,14 +148,21 @@ class SampledSoftmaxLoss(nn.Module):
 class BCELoss(nn.Module):
     """Binary cross-entropy with one uniform negative per position (the original SASRec).
 
-    ``-log σ(s⁺) - log(1 - σ(s⁻))`` averaged over positions. Negatives are uniform over the catalog
-    (the paper excludes the user's history; here only the position's own target is excluded, by
-    resampling it as the next id modulo ``N``).
+    ``-log σ(s⁺) - log(1 - σ(s⁻))`` averaged over positions. Negatives are uniform over the catalog;
+    with ``seen`` they are redrawn (up to ``redraws`` times) while inside the position's sequence, as
+    the paper does. A negative equal to the target is then moved to the next id modulo ``N``.
     """
 
-    def forward(self, hidden: Tensor, targets: Tensor, items: Tensor) -> Tensor:
+    redraws = 20
+
+    def forward(self, hidden: Tensor, targets: Tensor, items: Tensor, seen: SeenItems | None = None) -> Tensor:
         num_items = items.shape[0] - 1
         negatives = uniform_negatives(len(targets), items)
+        for _ in range(self.redraws if seen is not None else 0):
+            inside = seen.of_each(negatives)
+            if not inside.any():
+                break
+            negatives = torch.where(inside, uniform_negatives(len(targets), items), negatives)
         negatives = torch.where(negatives == targets, negatives % num_items + 1, negatives)
         positive = (hidden * items[targets]).sum(-1).float()
         negative = (hidden * items[negatives]).sum(-1).float()
@@ -127,7 +176,7 @@ class GBCELoss(nn.Module):
     positive probability is raised to ``β = α (t (1 - 1/α) + 1/α)``, which undoes the overconfidence
     that negative sampling causes (``t = 0`` is plain BCE, ``t = 1`` full calibration). Loss per
     position: ``-β log σ(s⁺) - Σₖ log(1 - σ(s⁻ₖ))``, averaged over positions. Negatives are shared
-    across the batch; a negative equal to the target is masked out.
+    across the batch; a negative equal to the target (with ``seen``, any in the sequence) is masked out.
 
     Args:
         num_negatives: negatives per batch ``K``.
@@ -144,9 +193,10 @@ class GBCELoss(nn.Module):
         alpha = self.num_negatives / (num_items - 1)
         return alpha * (self.t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
 
-    def forward(self, hidden: Tensor, targets: Tensor, items: Tensor) -> Tensor:
+    def forward(self, hidden: Tensor, targets: Tensor, items: Tensor, seen: SeenItems | None = None) -> Tensor:
         negatives = uniform_negatives(self.num_negatives, items)
         positive = (hidden * items[targets]).sum(-1).float()  # (P,)
         negative = (hidden @ items[negatives].T).float()  # (P, K)
-        negative_loss = F.softplus(negative).masked_fill(negatives == targets[:, None], 0.0).sum(1)
+        excluded = negatives == targets[:, None] if seen is None else seen.of_shared(negatives)
+        negative_loss = F.softplus(negative).masked_fill(excluded, 0.0).sum(1)
         return (self.beta(items.shape[0] - 1) * F.softplus(-positive) + negative_loss).mean()
