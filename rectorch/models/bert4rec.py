@@ -10,6 +10,7 @@ from rectorch.data.spec import DataSpec
 from rectorch.data.views import SequenceView
 from rectorch.models.base import OptimizerFactory, RecModule, SchedulerFactory
 from rectorch.models.components.sequence_encoder import SequenceEncoder
+from rectorch.models.components.sequence_losses import SeenItems
 from rectorch.models.sasrec import trim_padding
 
 
@@ -45,6 +46,8 @@ class BERT4RecModule(RecModule):
             ``causal=False`` and one extra token.
         loss: a loss from ``rectorch.models.components.sequence_losses``.
         mask_prob: probability that a real item is masked in training.
+        exclude_seen: no item of a user's training sequence is a negative at that user's masked
+            positions (evaluation never ranks seen items either).
         optimizer: partial optimizer.
         scheduler: optional partial LR scheduler.
 
@@ -60,13 +63,14 @@ class BERT4RecModule(RecModule):
         encoder: Callable[..., SequenceEncoder],
         loss: nn.Module,
         mask_prob: float = 0.2,
+        exclude_seen: bool = False,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
     ) -> None:
         super().__init__(spec, view, optimizer, scheduler)
         if not 0.0 < mask_prob <= 1.0:
             raise ValueError(f"mask_prob must be in (0, 1], got {mask_prob}")
-        self.mask_id, self.mask_prob = spec.num_items + 1, mask_prob
+        self.mask_id, self.mask_prob, self.exclude_seen = spec.num_items + 1, mask_prob, exclude_seen
         self.encoder = encoder(num_items=spec.num_items, max_len=view.max_len, causal=False, extra_tokens=1)
         self.loss = loss
 
@@ -74,7 +78,8 @@ class BERT4RecModule(RecModule):
         items = trim_padding(batch["items"][:, 1:])
         inputs, masked = mask_items(items, self.mask_prob, self.mask_id)
         hidden = self.encoder(inputs)  # (B, L, D)
-        loss = self.loss(hidden[masked], items[masked], self.item_vectors())
+        seen = SeenItems.from_sequences(items, masked, self.spec.num_items) if self.exclude_seen else None
+        loss = self.loss(hidden[masked], items[masked], self.item_vectors(), seen)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(items))
         return loss
 

@@ -10,6 +10,7 @@ from rectorch.data.views import SequenceView
 from rectorch.models.bert4rec import BERT4RecModule, mask_items
 from rectorch.models.components.sequence_encoder import SequenceEncoder
 from rectorch.models.components.sequence_losses import FullSoftmaxLoss, SampledSoftmaxLoss
+from rectorch.models.sasrec import trim_padding
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*self.log.*")
 
@@ -72,3 +73,26 @@ def test_overfits_one_batch(loss: torch.nn.Module) -> None:
     padded = torch.cat([torch.zeros(6, 1, dtype=torch.long), history], dim=1)
     top = model.score(history=padded)[:, 1:].argmax(dim=1) + 1
     assert (top == targets).float().mean() >= 4 / 6
+
+
+def test_exclude_seen_drops_the_users_other_items_from_the_softmax() -> None:
+    model = make(mask_prob=0.4)
+    batch = {"items": torch.tensor([[0, 0, 0, 4, 9, 2, 9, 7, 1, 3, 5], [6, 1, 8, 2, 3, 4, 5, 7, 11, 12, 13]])}
+    torch.manual_seed(5)
+    plain = model.training_step(batch, 0)
+    model.exclude_seen = True
+    torch.manual_seed(5)
+    excluding = model.training_step(batch, 0)
+    items = trim_padding(batch["items"][:, 1:])
+    torch.manual_seed(5)
+    inputs, masked = mask_items(items, model.mask_prob, model.mask_id)
+    logits = model.encoder(inputs) @ model.item_vectors().T  # (B, L, N + 1)
+    expected = []
+    for b, t in masked.nonzero().tolist():
+        seen, target = items[b][items[b] != 0], items[b, t]
+        row = logits[b, t].clone()
+        row[0] = row[seen[seen != target]] = float("-inf")
+        expected.append(row.logsumexp(0) - row[target])
+    assert len(expected) > 2
+    assert excluding.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+    assert excluding.item() < plain.item()
