@@ -24,16 +24,15 @@ from contextlib import nullcontext
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from rectorch.resolvers import CONFIG_DIR
+from rectorch.resolvers import config_dir
 from rectorch.training.memory import fix_mmap_threshold
-from rectorch.training.train import train
+from rectorch.training.train import build, train
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
     HydraConfig().set_config(cfg)
     return cfg
@@ -66,10 +65,7 @@ def training_steps(overrides: list[str], bf16: bool, compiled: bool):
     cfg = compose_config(overrides)
     torch.manual_seed(cfg.seed)
     fix_mmap_threshold(cfg.get("malloc_mmap_threshold_mb"))
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("fit")
-    model = instantiate(cfg.model, spec=datamodule.spec)
-    datamodule.view = model.view
+    datamodule, model, _ = build(cfg)
     if compiled:
         model.encoder = torch.compile(model.encoder, dynamic=True)
     optimizer = model.configure_optimizers()

@@ -44,15 +44,18 @@ def build_model(name: str, num_items: int, run_dir: Path | None) -> torch.nn.Mod
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from rectorch.resolvers import CONFIG_DIR, register_resolvers
+    from rectorch.resolvers import config_dir, register_resolvers
 
     register_resolvers()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"model={name}"])
     spec = DataSpec(name="synthetic-1m", num_users=1000, num_items=num_items, max_history=200)
     model = instantiate(cfg.model, spec=spec).eval()
     if run_dir is not None:
-        state = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+        from rectorch.models.checkpoint import read_checkpoint
+        from rectorch.runs import RunRecord
+
+        state = read_checkpoint(run_dir / RunRecord.read(run_dir).checkpoint)["state_dict"]
         own = model.state_dict()
         model.load_state_dict({k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, strict=False)
     return model

@@ -6,21 +6,20 @@
 The split (``conf/cold_start.yaml``) holds out items and users entirely; ``train(cfg)`` trains and
 tests on the warm part as usual, then the best checkpoint is scored by
 ``rectorch.evaluation.cold_start.cold_start_report``. With ``cold_start.run_dir`` an earlier run of
-this script (same overrides) is scored again without training. The report is written as
-``cold_start.json`` in the run directory and, when MLflow is on, attached to the training run with
-its metrics.
+this script is scored again without training (its saved run is loaded with its own config). The
+report is written as ``cold_start.json`` in the run directory and, when MLflow is on, attached to the
+training run with its metrics.
 """
 
 import json
 from pathlib import Path
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from rectorch.evaluation.cold_start import cold_start_report, flat_metrics
-from rectorch.models.checkpoint import load_weights
-from rectorch.resolvers import CONFIG_DIR, register_resolvers
+from rectorch.resolvers import CONFIG_PATH, register_resolvers
+from rectorch.runs import load_run
 from rectorch.training.train import train
 
 register_resolvers()
@@ -36,19 +35,21 @@ def log_to_mlflow(tracking_uri: str, run_id: str, report_path: Path, metrics: di
     client.log_batch(run_id, metrics=entries)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="cold_start")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="cold_start")
 def main(cfg: DictConfig) -> None:
     run_dir = cfg.cold_start.get("run_dir")
-    results = train(cfg) if run_dir is None else json.loads((Path(run_dir) / "metrics.json").read_text())
-    output_dir = Path(cfg.paths.output_dir if run_dir is None else run_dir)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("test")
-    if results["dataset_fingerprint"] != datamodule.dataset.fingerprint or results["protocol"]["split"] != "loo-cold":
-        raise SystemExit(f"{run_dir} was not trained on this cold-start split: give the overrides it was trained with")
-    model = instantiate(cfg.model, spec=datamodule.spec)
-    load_weights(model, results["checkpoint"])
+    if run_dir is None:
+        train(cfg)
+    run = load_run(run_dir or cfg.paths.output_dir)
+    output_dir, results = run.run_dir, run.metrics
+    if run.record.protocol["split"] != "loo-cold":
+        split = run.record.protocol["split"]
+        raise SystemExit(f"{run.run_dir} was not trained on a cold-start split (its split: {split})")
+    datamodule = run.datamodule()
     onboarding = (cfg.cold_start.onboarding_categories, cfg.cold_start.seed_items_per_category)
-    report = cold_start_report(model.eval(), datamodule, tuple(cfg.cold_start.known), cfg.cold_start.seed, onboarding)
+    report = cold_start_report(
+        run.model, datamodule, run.evaluation(), tuple(cfg.cold_start.known), cfg.cold_start.seed, onboarding
+    )
     report_path = output_dir / "cold_start.json"
     report_path.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

@@ -4,7 +4,7 @@ Usage (after ``rectorch-train experiment=pinsage_ml1m``)::
 
     OMP_NUM_THREADS=1 python scripts/pinsage_report.py logs/runs/<run dir>
 
-Recomposes the run's config from its ``.hydra/overrides.yaml``, loads its best checkpoint, and reports:
+Loads the saved run (``rectorch.runs.load_run``), re-prepares its data for the test users, and reports:
 walk time and peak traced memory of the full neighbourhood table, hard-negative band table time,
 all-item inference time, the run's training seconds per epoch and peak RSS, user-to-item test metrics
 (from ``metrics.json``) and item-to-item HR@10 ("the next item is among the 10 nearest neighbours of
@@ -20,14 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from rectorch.data.random_walks import BipartiteGraph
 from rectorch.evaluation.item_to_item import item_to_item_hit_rate, last_and_next
-from rectorch.models.checkpoint import load_weights
-from rectorch.resolvers import CONFIG_DIR
+from rectorch.runs import load_run
 
 
 def _timed(fn, *args):
@@ -43,14 +39,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    overrides = yaml.safe_load((args.run_dir / ".hydra" / "overrides.yaml").read_text()) or []
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*overrides, "logger=none"])
-    metrics = json.loads((args.run_dir / "metrics.json").read_text())
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("fit")
-    model = instantiate(cfg.model, spec=datamodule.spec)
-    view, train, num_items = model.view, datamodule.split.train, datamodule.spec.num_items
+    run = load_run(args.run_dir)
+    metrics, model = run.metrics, run.model
+    datamodule = run.datamodule()
+    view, train, num_items = model.view, datamodule.split.train, run.spec.num_items
 
     tracemalloc.start()
     _, walk_seconds = _timed(view.neighbourhood_table, train, num_items)
@@ -59,8 +51,6 @@ def main() -> None:
     graph = BipartiteGraph.from_interactions(train, num_items)
     _, hard_seconds = _timed(view.hard_negative_table, graph, np.random.default_rng(0))
 
-    load_weights(model, metrics["checkpoint"])
-    model.eval()
     vectors, inference_seconds = _timed(model.item_vectors)
     last, following = last_and_next(datamodule.split.test)
     report = {

@@ -57,10 +57,10 @@ def compose_train(tmp_path: Path) -> Callable[..., Any]:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from rectorch.resolvers import CONFIG_DIR
+    from rectorch.resolvers import config_dir
 
     def _compose(*overrides: str, small: bool = True) -> Any:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             cfg = compose(
                 config_name="train",
                 return_hydra_config=True,

@@ -1,11 +1,11 @@
-"""How popular the recommended items are, against the catalog: reproduced from a run's checkpoint.
+"""How popular the recommended items are, against the catalog: reproduced from a saved run.
 
-A training run logs its resolved ``config.yaml`` and ``checkpoints/best.ckpt``. From those two
-artifacts this module rebuilds the dataset (from the prepared-data cache when present) and the
-model, ranks the whole catalog for every test user exactly as the evaluator does (padding and,
-under ``mask_seen``, seen items excluded), and counts the top-k items per item-popularity decile.
-The small result is cached on the run as the artifact ``recommended_popularity.json``, so each
-run is scored once, whichever machine compares it later.
+``load_run`` brings the run back from its MLflow artifacts (``run.json``, catalog, checkpoint); its
+data is re-prepared (from the cache when present) to rank the whole catalog for every test user
+exactly as the evaluator does (padding and, under ``mask_seen``, seen items excluded), and the top-k
+items are counted per item-popularity decile of the run's catalog. The small result is cached on the
+run as the artifact ``recommended_popularity.json``, so each run is scored once, whichever machine
+compares it later.
 """
 
 import json
@@ -26,12 +26,11 @@ def _decile_sums(values: Any, bins: Any) -> list[float]:
     return torch.zeros(NUM_BINS, dtype=torch.float64).index_add_(0, bins, values.double()).tolist()
 
 
-def recommended_popularity(config: Any, checkpoint: Path, k: int = 10) -> dict[str, Any]:
+def recommended_popularity(run: Any, k: int = 10) -> dict[str, Any]:
     """Share of catalog items, training interactions and top-k slots in each popularity decile.
 
     Args:
-        config: the run's resolved config (``data`` and ``model`` nodes with ``_target_``).
-        checkpoint: the run's best Lightning checkpoint.
+        run: a loaded saved run (:class:`rectorch.runs.Run`).
         k: the list length.
 
     Returns:
@@ -39,18 +38,11 @@ def recommended_popularity(config: Any, checkpoint: Path, k: int = 10) -> dict[s
         ``bins`` shares (each summing to 1), decile 0 holding the least popular items.
     """
     import torch
-    from hydra.utils import instantiate
 
     from rectorch.evaluation.metrics import popularity_percentile
-    from rectorch.models.checkpoint import load_weights
 
-    datamodule = instantiate(config.data)
-    datamodule.setup("test")
-    model = instantiate(config.model, spec=datamodule.spec)
-    load_weights(model, checkpoint)
-    model.eval()
-    datamodule.view = model.view
-    popularity = torch.from_numpy(datamodule.item_popularity())
+    datamodule, model = run.datamodule(), run.model
+    popularity = torch.from_numpy(run.catalog.item_popularity)
     bins = (popularity_percentile(popularity) * NUM_BINS).long().clamp(max=NUM_BINS - 1)[1:]
     counts = torch.zeros(popularity.numel(), dtype=torch.int64)
     with torch.no_grad():
@@ -58,7 +50,7 @@ def recommended_popularity(config: Any, checkpoint: Path, k: int = 10) -> dict[s
         for batch in datamodule.test_dataloader():
             scores = model.encode_query(**batch["query"]) @ items.T
             scores[:, 0] = float("-inf")
-            if datamodule.evaluation.mask_seen:
+            if run.evaluation().mask_seen:
                 kept = scores.gather(1, batch["targets"])
                 scores.scatter_(1, batch["seen"], float("-inf")).scatter_(1, batch["targets"], kept)
             counts += torch.bincount(scores.topk(k, dim=1).indices.reshape(-1), minlength=counts.numel())
@@ -81,7 +73,7 @@ def run_popularity(client: MlflowClient, run_id: str, k: int = 10, cache: bool =
     Raises:
         PopularityUnavailable: with the reason, when the run cannot be rebuilt here.
     """
-    from omegaconf import OmegaConf
+    from rectorch.runs import load_run
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -90,13 +82,8 @@ def run_popularity(client: MlflowClient, run_id: str, k: int = 10, cache: bool =
                 return cached
         except (MlflowException, OSError):
             pass
-        checkpoints = [a.path for a in client.list_artifacts(run_id, "checkpoints") if a.path.endswith(".ckpt")]
-        if not checkpoints:
-            raise PopularityUnavailable("no checkpoint artifact")
         try:
-            config = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", tmp))
-            checkpoint = Path(client.download_artifacts(run_id, checkpoints[0], tmp))
-            result = recommended_popularity(config, checkpoint, k)
+            result = recommended_popularity(load_run(run_id, tracking_uri=client.tracking_uri), k)
         except Exception as error:  # any failure to rebuild a foreign run only drops it from one plot
             raise PopularityUnavailable(f"{type(error).__name__}: {error}") from error
         if cache:

@@ -11,9 +11,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from rectorch.resolvers import PROJECT_ROOT
+from rectorch.resolvers import rectorch_home
 
-DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_ROOT}/logs/mlflow/mlflow.db"
 EXPERIMENT_PREFIX = "rectorch-"
 SWEEP_TAG = "rectorch.sweep_dir"
 PARENT_TAG = "mlflow.parentRunId"
@@ -68,7 +67,7 @@ def default_tracking_uri() -> str:
     ``MLFLOW_TRACKING_URI`` is deliberately not read: MLflow sets it in-process whenever a logger
     picks a store, so it can point at a store other than the one the user means.
     """
-    return DEFAULT_TRACKING_URI
+    return f"sqlite:///{rectorch_home()}/logs/mlflow/mlflow.db"
 
 
 def open_store(tracking_uri: str) -> MlflowClient:

@@ -4,17 +4,15 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from rectorch.data.context import TrainContext
 from rectorch.data.prepare import Preprocessing, load_or_prepare
 from rectorch.data.prepared import PreparedDataset
 from rectorch.data.sources import InteractionsFileSource
 from rectorch.data.spec import DataSpec
 from rectorch.data.splits import LeaveOneOut, SplitData, TemporalSplit
-from rectorch.data.views import IndexDataset, PairView, SequenceView, eval_dataset
-from rectorch.evaluation import EvaluationSettings, Protocol, RankingEvaluator
-from rectorch.evaluation.protocol import ranking_label
+from rectorch.data.views import IndexDataset, ModelView, eval_dataset
 
 
 class RecDataModule(L.LightningDataModule):
@@ -24,8 +22,8 @@ class RecDataModule(L.LightningDataModule):
         source: a reader with ``load()``, ``files()`` and ``config()`` (see ``rectorch.data.sources``).
         preprocessing: dedup / rating / k-core filters applied before id mapping.
         split: ``LeaveOneOut()`` or ``TemporalSplit(...)``.
-        evaluation: ranking protocol settings (K list, seen masking, full or sampled ranking).
-        batch_size: training batch size; ``eval_batch_size`` defaults to ``evaluation.batch_users``.
+        batch_size: training batch size.
+        eval_batch_size: users per evaluation batch (the configs pass ``evaluation.batch_users``).
         cache_dir: where prepared datasets are cached by fingerprint (``None`` disables caching).
     """
 
@@ -34,30 +32,33 @@ class RecDataModule(L.LightningDataModule):
         source,
         preprocessing: Preprocessing,
         split: LeaveOneOut | TemporalSplit,
-        evaluation: EvaluationSettings,
         batch_size: int = 128,
+        eval_batch_size: int = 256,
         cache_dir: str | Path | None = None,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
         if batch_size <= 0:
             raise ValueError(f"data.batch_size must be positive, got {batch_size}")
+        if eval_batch_size <= 0:
+            raise ValueError(f"data.eval_batch_size must be positive, got {eval_batch_size}")
         self.source, self.preprocessing, self.splitter = source, preprocessing, split
-        self.evaluation, self.batch_size, self.num_workers = evaluation, batch_size, num_workers
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.dataset: PreparedDataset | None = None
         self.split: SplitData | None = None
-        self.view: SequenceView | PairView | None = None
+        self.view: ModelView | None = None
+        self._context: TrainContext | None = None
 
     def prepare_data(self) -> None:
-        load_or_prepare(self.source, self.preprocessing, self.cache_dir)
+        if self.dataset is None:  # validate/test after fit reuse the dataset set up for fit
+            load_or_prepare(self.source, self.preprocessing, self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
             return
         self.dataset = load_or_prepare(self.source, self.preprocessing, self.cache_dir)
         self.split = self.splitter(self.dataset)
-        self.evaluation.validate(self.dataset.num_items)
 
     @property
     def spec(self) -> DataSpec:
@@ -66,14 +67,29 @@ class RecDataModule(L.LightningDataModule):
         return self.dataset.spec()
 
     @property
+    def context(self) -> TrainContext:
+        """The typed context a model is bound to (built once, after ``setup``)."""
+        if self._context is None:
+            if self.dataset is None:
+                self.setup()
+            dataset, split = self.dataset, self.split
+            self._context = TrainContext(
+                spec=dataset.spec(),
+                split=split.kind,
+                train=split.train,
+                user_features=dataset.user_features,
+                item_features=dataset.item_features,
+                item_popularity=np.bincount(split.train.items, minlength=dataset.num_items + 1),
+                item_category=self._item_category(),
+                eval_users={stage: len(split.eval_set(stage)) for stage in ("val", "test")},
+            )
+        return self._context
+
+    @property
     def features(self):
         return self.dataset.user_features, self.dataset.item_features
 
-    def item_popularity(self) -> np.ndarray:
-        """Training interactions per item, shape ``(num_items + 1,)``."""
-        return np.bincount(self.split.train.items, minlength=self.dataset.num_items + 1)
-
-    def item_category(self) -> np.ndarray | None:
+    def _item_category(self) -> np.ndarray | None:
         name = self.dataset.category_feature
         if name is None:
             return None
@@ -101,7 +117,7 @@ class RecDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def _require_view(self) -> SequenceView | PairView:
+    def _require_view(self) -> ModelView:
         if self.view is None:
             raise RuntimeError("RecDataModule.view is unset: assign the model's view before building loaders")
         return self.view
@@ -114,7 +130,7 @@ class RecDataModule(L.LightningDataModule):
 
     def eval_dataloader(self, stage: str) -> DataLoader:
         dataset = eval_dataset(self._require_view(), self.split.eval_set(stage), self.features)
-        return self._loader(dataset, self.evaluation.batch_users, shuffle=False)
+        return self._loader(dataset, self.eval_batch_size, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("val")
@@ -122,33 +138,11 @@ class RecDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self.eval_dataloader("test")
 
-    def evaluator(self) -> RankingEvaluator:
-        category = self.item_category()
-        return RankingEvaluator(
-            self.evaluation,
-            self.dataset.num_items,
-            torch.from_numpy(self.item_popularity()),
-            None if category is None else torch.from_numpy(category),
-        )
-
-    def protocol(self, stage: str) -> Protocol:
-        """What metrics of ``stage`` are measured on; sampled ranking never ranks seen items."""
-        settings = self.evaluation
-        return Protocol(
-            dataset=self.dataset.name,
-            split=self.split.kind,
-            ranking=ranking_label(settings.sampled_negatives),
-            mask_seen=settings.mask_seen or settings.sampled_negatives is not None,
-            ks=settings.ks,
-            users=len(self.split.eval_set(stage)),
-        )
-
 
 def file_datamodule(
     path: str,
     preprocessing: Preprocessing,
     split: LeaveOneOut | TemporalSplit,
-    evaluation: EvaluationSettings,
     user_col: str = "user_id",
     item_col: str = "item_id",
     time_col: str | None = None,
@@ -160,6 +154,7 @@ def file_datamodule(
     multi_value_cols: tuple[str, ...] = (),
     category_feature: str | None = None,
     batch_size: int = 128,
+    eval_batch_size: int = 256,
     cache_dir: str | None = None,
 ) -> RecDataModule:
     """A ``RecDataModule`` over one CSV/Parquet interactions file (what ``data=csv data.path=...`` builds)."""
@@ -176,4 +171,6 @@ def file_datamodule(
         multi_value_cols=tuple(multi_value_cols),
         category_feature=category_feature,
     )
-    return RecDataModule(source, preprocessing, split, evaluation, batch_size=batch_size, cache_dir=cache_dir)
+    return RecDataModule(
+        source, preprocessing, split, batch_size=batch_size, eval_batch_size=eval_batch_size, cache_dir=cache_dir
+    )

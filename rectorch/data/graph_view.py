@@ -85,6 +85,10 @@ class GraphView:
         self.seed = seed
         self.timings: dict[str, float] = {}
 
+    @property
+    def query_len(self) -> int | None:
+        return self.history_len
+
     def neighbourhood_table(self, train: Csr, num_items: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Every item's top-T neighbours and importance weights from ``inference_walks`` (seeded).
 

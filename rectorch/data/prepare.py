@@ -6,6 +6,7 @@ whose ids already run 1..N, such as ``ml-1m.txt`` or ``beauty.txt``, keep them: 
 
 import dataclasses
 import logging
+import numbers
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -43,7 +44,14 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.dedup not in ("first", "last", "none"):
-            raise ValueError(f"dedup must be 'first', 'last' or 'none', got {self.dedup!r}")
+            raise ValueError(f"preprocessing.dedup must be 'first', 'last' or 'none', got {self.dedup!r}")
+        for name in ("user_core", "item_core"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ValueError(f"preprocessing.{name} must be a non-negative integer, got {value!r}")
+        rating = self.min_rating
+        if rating is not None and (isinstance(rating, bool) or not isinstance(rating, numbers.Real)):
+            raise ValueError(f"preprocessing.min_rating must be a number or null, got {self.min_rating!r}")
 
     def config(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

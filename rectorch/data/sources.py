@@ -19,6 +19,14 @@ from rectorch.data.raw import RawData
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
 COMPRESSIONS = ("", ".gz", ".bz2", ".xz", ".zip")
+#: ``time_col`` value that keeps file order on purpose (Hydra reads ``none``/``None`` as this text)
+FILE_ORDER = "none"
+TIME_NAMES = {"timestamp", "time", "ts", "date", "datetime", "event_time", "created_at", "updated_at", "epoch"}
+TIME_SUFFIXES = ("_time", "_ts", "_at", "_date", "_datetime", "_timestamp")
+#: unix times from 1990-01-01 to 2100-01-01, in seconds and in milliseconds
+UNIX_RANGES = ((631_152_000, 4_102_444_800), (631_152_000_000, 4_102_444_800_000))
+#: dates as text: 2020-01-31[T10:00...], 2020/1/31, 31/01/2020, 1/31/2020 [10:00...]
+DATE_TEXT = r"^\s*(\d{4}[-/]\d{1,2}[-/]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{4})([ T]\d{1,2}:\d{2}.*)?\s*$"
 
 
 class Source(Protocol):
@@ -126,6 +134,34 @@ def parse_timestamps(values: pd.Series, path: Path, column: str) -> np.ndarray:
     return np.floor(seconds.to_numpy(np.float64)).astype(np.int64)
 
 
+def looks_like_time(values: pd.Series, name: str) -> bool:
+    """Whether a column is probably a timestamp: by its name, a datetime type, ISO dates, or unix-time numbers."""
+    lowered = str(name).strip().lower()
+    if lowered in TIME_NAMES or lowered.endswith(TIME_SUFFIXES) or pd.api.types.is_datetime64_any_dtype(values):
+        return True
+    sample = values.dropna().head(1000)
+    if sample.nunique() < 2:
+        return False
+    if pd.api.types.is_object_dtype(sample) or pd.api.types.is_string_dtype(sample):
+        return bool(sample.astype(str).str.match(DATE_TEXT).all())
+    if not pd.api.types.is_numeric_dtype(sample) or pd.api.types.is_bool_dtype(sample):
+        return False
+    numbers = sample.to_numpy(np.float64)
+    whole = bool(np.all(numbers == np.floor(numbers)))
+    return whole and any(bool(np.all((numbers >= lo) & (numbers < hi))) for lo, hi in UNIX_RANGES)
+
+
+def refuse_unchosen_time(frame: pd.DataFrame, path: Path, used: Sequence[str]) -> None:
+    """Raise when no ``time_col`` was chosen but a column looks like one: file order would silently apply."""
+    for column in frame.columns:
+        if column not in used and looks_like_time(frame[column], column):
+            raise DataError(
+                f"{path}: column '{column}' looks like a timestamp but no time column was chosen, so interactions "
+                f"would be ordered by their position in the file; pass data.time_col={column} to order by it, "
+                f"or data.time_col={FILE_ORDER} to keep file order"
+            )
+
+
 def _raise_on_bad(bad: np.ndarray, values: pd.Series, path: Path, column: str, what: str) -> None:
     if bad.any():
         first = int(np.argmax(bad))
@@ -142,7 +178,8 @@ class InteractionsFileSource:
     Args:
         path: interactions file (.csv, .tsv, .txt, optionally .gz, or .parquet) with a header row.
         user_col, item_col: id columns (read as str).
-        time_col: optional timestamp column: integer seconds or datetime strings (naive = UTC).
+        time_col: timestamp column: integer seconds or datetime strings (naive = UTC); ``"none"`` keeps
+            file order on purpose. Left unset (None), loading fails when a column looks like a timestamp.
         rating_col: optional numeric rating column.
         sep: field separator for text files; default ``\\t`` for .tsv, ``,`` otherwise.
         name: dataset name recorded in protocols.
@@ -175,21 +212,32 @@ class InteractionsFileSource:
         paths = [self.path] + ([self.item_features_path] if self.item_features_path else [])
         return [find_file([p]) for p in paths]
 
+    @property
+    def file_order(self) -> bool:
+        """Whether the user chose file order explicitly (``time_col=none``)."""
+        return isinstance(self.time_col, str) and self.time_col.strip().lower() == FILE_ORDER
+
     def config(self) -> dict[str, Any]:
-        return data_config(self, "path", "item_features_path")
+        config = data_config(self, "path", "item_features_path")
+        if self.file_order:
+            config["time_col"] = None  # the same data as an unset time column on a file without one
+        return config
 
     def load(self) -> RawData:
-        wanted = [c for c in (self.user_col, self.item_col, self.time_col, self.rating_col) if c]
+        time_col = None if self.file_order else self.time_col
+        wanted = [c for c in (self.user_col, self.item_col, time_col, self.rating_col) if c]
         frame = read_table(self.path, self.sep, str_cols=[self.user_col, self.item_col])
         require_columns(frame, wanted, self.path)
+        if self.time_col is None:
+            refuse_unchosen_time(frame, self.path, wanted)
         interactions = pd.DataFrame(
             {
                 C.USER: clean_ids(frame[self.user_col], self.path, self.user_col),
                 C.ITEM: clean_ids(frame[self.item_col], self.path, self.item_col),
             }
         )
-        if self.time_col:
-            interactions[C.TIME] = parse_timestamps(frame[self.time_col], self.path, self.time_col)
+        if time_col:
+            interactions[C.TIME] = parse_timestamps(frame[time_col], self.path, time_col)
         if self.rating_col:
             interactions[C.RATING] = parse_numbers(frame[self.rating_col], self.path, self.rating_col)
         return RawData(

@@ -1,7 +1,8 @@
 """Sizes known only after data preparation, handed to every model as one object."""
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 FeatureKind = Literal["categorical", "multi", "numeric"]
 
@@ -36,3 +37,19 @@ class DataSpec:
     user_features: dict[str, FeatureSpec] = field(default_factory=dict)
     max_history: int = 0
     has_timestamps: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON-able record a saved run keeps (``run.json``), read back by :meth:`from_dict`."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> "DataSpec":
+        """The spec written by :meth:`as_dict`; an unknown or missing key is a ``ValueError`` naming it."""
+        try:
+            features = {
+                side: {name: FeatureSpec(**feature) for name, feature in (record.get(side) or {}).items()}
+                for side in ("item_features", "user_features")
+            }
+            return cls(**{**record, **features})
+        except TypeError as error:
+            raise ValueError(f"not a dataset spec record: {error}") from error

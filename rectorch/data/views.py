@@ -6,7 +6,7 @@ per batch from CSR arrays with vectorised numpy (no per-sample Python on the hot
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -35,6 +35,22 @@ class IndexDataset(Dataset):
         return self.build(np.asarray(indices, dtype=np.int64))
 
 
+class ModelView(Protocol):
+    """What every view (sequence, pair, graph) offers the datamodule and the evaluators.
+
+    ``query_len`` is the history length a query reads (``None`` = the whole history).
+    """
+
+    @property
+    def query_len(self) -> int | None: ...
+
+    def train_dataset(self, train: Csr, features: tuple[FeatureTable, FeatureTable]) -> IndexDataset: ...
+
+    def query(
+        self, users: np.ndarray, history: Csr, rows: np.ndarray, features: tuple[FeatureTable, FeatureTable]
+    ) -> Batch: ...
+
+
 def feature_tensors(table: FeatureTable, ids: np.ndarray) -> dict[str, torch.Tensor]:
     """Rows ``ids`` of every encoded feature column, as tensors keyed by feature name."""
     return {name: torch.from_numpy(np.ascontiguousarray(col[ids])) for name, col in table.columns.items()}
@@ -52,6 +68,10 @@ class SequenceView:
         if max_len is not None and max_len <= 0:
             raise ValueError(f"max_len must be a positive number of items or null, got {max_len}")
         self.max_len = max_len
+
+    @property
+    def query_len(self) -> int | None:
+        return self.max_len
 
     def train_dataset(self, train: Csr, features: tuple[FeatureTable, FeatureTable]) -> IndexDataset:
         users = np.flatnonzero(train.lengths() >= 2)
@@ -80,6 +100,10 @@ class PairView:
         if history_len <= 0:
             raise ValueError(f"history_len must be positive, got {history_len}")
         self.history_len = history_len
+
+    @property
+    def query_len(self) -> int | None:
+        return self.history_len
 
     def train_dataset(self, train: Csr, features: tuple[FeatureTable, FeatureTable]) -> IndexDataset:
         user_of = train.row_ids()
@@ -112,7 +136,7 @@ class PairView:
 
 
 def eval_dataset(
-    view: SequenceView | PairView, es: EvalSet, features: tuple[FeatureTable, FeatureTable]
+    view: ModelView, es: EvalSet, features: tuple[FeatureTable, FeatureTable]
 ) -> IndexDataset:
     """Evaluation batches: ``{"users", "query": view inputs, "targets": (B, T), "seen": (B, S)}`` (0-padded)."""
 

@@ -1,7 +1,8 @@
-"""Ranking evaluation: metrics, the protocol record and the chunked full-ranking evaluator."""
+"""Ranking evaluation: metrics, the protocol record, the chunked full-ranking and candidate evaluators."""
 
+from rectorch.evaluation.candidates import CandidateEvaluator
 from rectorch.evaluation.evaluator import RankingEvaluator
 from rectorch.evaluation.protocol import Protocol
 from rectorch.evaluation.settings import EvaluationSettings
 
-__all__ = ["EvaluationSettings", "Protocol", "RankingEvaluator"]
+__all__ = ["CandidateEvaluator", "EvaluationSettings", "Protocol", "RankingEvaluator"]

@@ -295,6 +295,7 @@ def flat_metrics(report: Mapping[str, Any], prefix: str = "cold_start") -> dict[
 def cold_start_report(
     model: QueryModel,
     datamodule: Any,
+    settings: EvaluationSettings,
     known: Sequence[int] = (0, 1, 3, 5),
     seed: int = 0,
     onboarding: tuple[int, int] = (2, 5),
@@ -304,14 +305,15 @@ def cold_start_report(
     Args:
         model: a trained model, in eval mode.
         datamodule: the set-up ``RecDataModule`` it was trained on.
+        settings: the evaluation protocol (cut-offs, seen masking).
         known: numbers of known interactions of the new users.
         seed: seed of the random baseline.
         onboarding: (categories a new user declares, seed items per category).
     """
     split, features = datamodule.split, datamodule.features
-    settings, name = datamodule.evaluation, datamodule.dataset.category_feature
+    name, context = datamodule.dataset.category_feature, datamodule.context
     scorer = model_scorer(model.encode_query, model.item_vectors())
-    popularity = datamodule.item_popularity()
+    popularity = context.item_popularity
     cold_items = cold_item_report(
         scorer, split.cold_item_eval, split.cold_items, model.view, features, settings, popularity, seed
     )
@@ -328,4 +330,4 @@ def cold_start_report(
         category,
         onboarding,
     )
-    return {"protocol": datamodule.protocol("test").as_dict(), "cold_items": cold_items, "new_users": new_users}
+    return {"protocol": settings.protocol(context, "test").as_dict(), "cold_items": cold_items, "new_users": new_users}

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rectorch.data.context import TrainContext
 from rectorch.evaluation.metrics import (
     accuracy_metrics,
     count_targets,
@@ -70,6 +71,12 @@ class RankingEvaluator:
         self._names = ("hr", "recall", "ndcg", "mrr", "pop_bias") + (() if self._category is None else ("diversity",))
         self._device = torch.device("cpu")
         self.reset()
+
+    @classmethod
+    def from_context(cls, settings: EvaluationSettings, context: TrainContext) -> "RankingEvaluator":
+        """The evaluator of a bound dataset: its catalog size, training popularity and categories."""
+        category = None if context.item_category is None else torch.from_numpy(context.item_category)
+        return cls(settings, context.spec.num_items, torch.from_numpy(context.item_popularity), category)
 
     def reset(self) -> None:
         """Clear the accumulated state and re-seed the negative sampler."""

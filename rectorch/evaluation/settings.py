@@ -2,6 +2,9 @@
 
 from dataclasses import dataclass
 
+from rectorch.data.context import TrainContext
+from rectorch.evaluation.protocol import Protocol, ranking_label
+
 
 @dataclass
 class EvaluationSettings:
@@ -60,3 +63,14 @@ class EvaluationSettings:
             )
         if self.batch_users <= 0:
             raise ValueError(f"batch_users={self.batch_users} must be positive")
+
+    def protocol(self, context: TrainContext, stage: str) -> Protocol:
+        """What metrics of ``stage`` (``val``/``test``) are measured on; sampled ranking never ranks seen items."""
+        return Protocol(
+            dataset=context.spec.name,
+            split=context.split,
+            ranking=ranking_label(self.sampled_negatives),
+            mask_seen=self.mask_seen or self.sampled_negatives is not None,
+            ks=self.ks,
+            users=context.eval_users[stage],
+        )

@@ -9,22 +9,25 @@ import faiss
 import numpy as np
 import torch
 
+from rectorch.evaluation import RankingEvaluator
 from rectorch.export.index import IndexSettings, build_index, choose_factory, tune_index
 from rectorch.export.onnx_export import OnnxSettings, export_onnx, fit_to_specs, validate
 from rectorch.export.quantize import QuantizeSettings, evaluator_score, quality_report, quantize_int8
-from rectorch.export.run import TrainedRun
+from rectorch.export.serving_queries import serving_feeds
+from rectorch.runs import Run
 from rectorch.serving.bundle import write_bundle
 from rectorch.serving.catalog import Catalog
 from rectorch.serving.encoder import session
 from rectorch.serving.manifest import InputSpec, Manifest
+from rectorch.serving.settings import RecommendSettings
 
 log = logging.getLogger(__name__)
 
 
-def _eval_inputs(run: TrainedRun, stage: str, specs: list[InputSpec], users: int | None) -> tuple[list, list, list]:
+def _eval_inputs(datamodule: Any, stage: str, specs: list[InputSpec], users: int | None) -> tuple[list, list, list]:
     """Query inputs (exported shapes), targets and seen items of the first ``users`` users of ``stage``."""
     inputs, targets, seen, count = [], [], [], 0
-    for batch in run.datamodule.eval_dataloader(stage):
+    for batch in datamodule.eval_dataloader(stage):
         inputs.append(fit_to_specs(batch["query"], specs))
         targets.append(batch["targets"])
         seen.append(batch["seen"])
@@ -42,17 +45,19 @@ def _short(batches: list[dict[str, np.ndarray]], specs: list[InputSpec]) -> list
     return [{name: array[:, -8:] if name in dynamic else array for name, array in batches[0].items()}]
 
 
-def catalog_of(run: TrainedRun, created_at_feature: str | None, available_feature: str | None) -> Catalog:
-    """Item ids (row r = model item r + 1), training popularity and the filter metadata of the run's dataset."""
-    dataset, datamodule = run.datamodule.dataset, run.datamodule
-    columns = dataset.item_features.columns
-    category = datamodule.item_category()
-    vocab = dataset.item_features.vocab.get(dataset.category_feature, [""]) if category is not None else [""]
+def catalog_of(run: Run, created_at_feature: str | None, available_feature: str | None) -> Catalog:
+    """Item ids (row r = model item r + 1), training popularity and the filter metadata, from the run's catalog."""
+    catalog = run.catalog
+    columns = catalog.item_features.columns
+    for name in (created_at_feature, available_feature):
+        if name is not None and name not in columns:
+            raise ValueError(f"item feature {name!r} is not in the run's catalog (it has {sorted(columns)})")
+    category = catalog.item_category
     return Catalog(
-        ids=[str(i) for i in dataset.item_ids[1:]],
-        popularity=datamodule.item_popularity()[1:],
-        category=np.zeros(dataset.num_items, np.int32) if category is None else category[1:],
-        categories=[str(v) for v in vocab],
+        ids=[str(i) for i in catalog.item_ids[1:]],
+        popularity=catalog.item_popularity[1:],
+        category=np.zeros(catalog.num_items, np.int32) if category is None else category[1:],
+        categories=catalog.categories,
         created_at=columns[created_at_feature][1:].astype(np.float64) if created_at_feature else None,
         available=columns[available_feature][1:].astype(bool) if available_feature else None,
     )
@@ -86,7 +91,7 @@ def indexed(
 
 
 def export_run(
-    run: TrainedRun,
+    run: Run,
     bundle_dir: Path,
     onnx: OnnxSettings,
     quantize: QuantizeSettings,
@@ -95,24 +100,32 @@ def export_run(
     quality_users: int | None = None,
     created_at_feature: str | None = None,
     available_feature: str | None = None,
+    serving: RecommendSettings | None = None,
 ) -> Manifest:
-    """Export, validate, quantize, index and write the bundle of one trained run (see ``conf/export.yaml``)."""
+    """Export, validate, quantize, index and write the bundle of one trained run (see ``conf/export.yaml``).
+
+    Validation, index tuning and the int8 report query the run's own validation and test users, so the
+    run's data is re-prepared (from the cache when present) for them.
+    """
     model = run.model
+    datamodule = run.datamodule()
     examples = model.export_inputs()
     fp32, specs = export_onnx(model, examples, onnx)
-    val_inputs, _, _ = _eval_inputs(run, "val", specs, onnx.validation_users)
+    val_inputs, _, _ = _eval_inputs(datamodule, "val", specs, onnx.validation_users)
     validation = validate(model, fp32, val_inputs + _short(val_inputs, specs), onnx.atol)
     log.info("validation: %s", validation)
 
     table, metric = item_table(model, metric)
-    test_inputs, targets, seen = _eval_inputs(run, "test", specs, quality_users)
+    test_inputs, targets, seen = _eval_inputs(datamodule, "test", specs, quality_users)
     faiss_index, index_info = indexed(table[1:].numpy(), fp32, test_inputs, metric, index)
 
     encoders = {"fp32": fp32}
     if quantize.enabled:
-        encoders["int8"] = quantize_int8(fp32)
-    score = evaluator_score(run.datamodule, table, targets, seen)
-    quality = quality_report(encoders, test_inputs, score, faiss_index, quantize)
+        calibration, _, _ = _eval_inputs(datamodule, "val", specs, quantize.calibration_users)
+        encoders["int8"] = quantize_int8(fp32, serving_feeds(calibration, specs), quantize)
+    evaluation = run.evaluation()
+    score = evaluator_score(lambda: RankingEvaluator.from_context(evaluation, datamodule.context), table, targets, seen)
+    quality = quality_report(encoders, test_inputs, specs, score, faiss_index, quantize)
     log.info("quantization: served %s (%s)", quality["served"], quality["reason"])
     settings = {"onnx": asdict(onnx), "quantize": asdict(quantize), "index": asdict(index)}
     return write_bundle(
@@ -127,19 +140,21 @@ def export_run(
         precision_reason=quality["reason"],
         index_info=index_info,
         reports={"validation": validation, "quantization": {**quality, "settings": settings}, "source": source(run)},
+        serving=serving,
     )
 
 
-def source(run: TrainedRun) -> dict[str, Any]:
+def source(run: Run) -> dict[str, Any]:
     """Where the bundle came from: run dir, MLflow run, dataset, protocol and the run's test metrics."""
     metrics = run.metrics
     return {
         "run_dir": str(run.run_dir),
         "mlflow_run_id": run.mlflow_run_id,
-        "checkpoint": metrics.get("checkpoint"),
-        "dataset": run.datamodule.spec.name,
-        "dataset_fingerprint": metrics.get("dataset_fingerprint"),
-        "protocol": metrics.get("protocol"),
+        "model_family": run.family,
+        "checkpoint": str(run.checkpoint),
+        "dataset": run.spec.name,
+        "dataset_fingerprint": run.record.data_fingerprint,
+        "protocol": run.record.protocol,
         "test": {k: v for k, v in (metrics.get("test") or {}).items() if k.split("@")[0] in ("ndcg", "hr")},
     }
 

@@ -56,6 +56,8 @@ class BERT4RecModule(RecModule):
         query ``(B, D)``; item vectors: ``(num_items + 1, D)``.
     """
 
+    family = "bert4rec"
+
     def __init__(
         self,
         spec: DataSpec,

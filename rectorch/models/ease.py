@@ -25,6 +25,7 @@ class EASEModule(RecModule):
         l2: the ridge penalty λ (200 is what validation NDCG selects on ML-1M).
     """
 
+    family = "ease"
     closed_form = True
 
     def __init__(self, spec: DataSpec, view: SequenceView, l2: float = 200.0) -> None:

@@ -129,6 +129,8 @@ class PinSageModule(RecModule):
         history ``(B, L)`` → query ``(B, dim)``; item vectors ``(num_items + 1, dim)`` (row 0 = zeros).
     """
 
+    family = "pinsage"
+
     def __init__(
         self,
         spec: DataSpec,
@@ -157,11 +159,9 @@ class PinSageModule(RecModule):
         """Fill feature values and the neighbourhood table from the training split (once; checkpoints carry them)."""
         if bool(self.graph_ready):
             return
-        datamodule = self.trainer.datamodule if self.trainer is not None else None
-        if datamodule is None or datamodule.split is None:
-            raise RuntimeError("PinSageModule needs a RecDataModule (its training split and item features)")
-        self.inputs.fill(datamodule.dataset.item_features)
-        neighbors, weights = self.view.neighbourhood_table(datamodule.split.train, self.spec.num_items)
+        context = self.bound_context()
+        self.inputs.fill(context.item_features)
+        neighbors, weights = self.view.neighbourhood_table(context.train, self.spec.num_items)
         self.neighbors.copy_(neighbors)
         self.neighbor_weights.copy_(weights)
         self.graph_ready.fill_(True)

@@ -17,6 +17,7 @@ class PopularityModule(RecModule):
         view: query view (only its batch size matters; history is ignored).
     """
 
+    family = "popularity"
     closed_form = True
 
     def __init__(self, spec: DataSpec, view: SequenceView) -> None:

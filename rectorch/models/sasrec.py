@@ -40,6 +40,8 @@ class SASRecModule(RecModule):
         item vectors: ``(num_items + 1, D)``.
     """
 
+    family = "sasrec"
+
     def __init__(
         self,
         spec: DataSpec,

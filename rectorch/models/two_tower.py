@@ -63,6 +63,8 @@ class TwoTowerModule(RecModule):
         ``item_bias``, both get one more coordinate: the item bias, and a constant 1 in the query.
     """
 
+    family = "twotower"
+
     def __init__(
         self,
         spec: DataSpec,
@@ -88,10 +90,9 @@ class TwoTowerModule(RecModule):
 
     # --- catalog state ----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule
-        if datamodule is not None and datamodule.split is not None:
-            user_table, item_table = datamodule.features
-            self.fit_catalog(item_table, user_table, datamodule.split.train)
+        """Fill the catalog buffers from the bound context (a loaded checkpoint already carries them)."""
+        if self.context is not None:
+            self.fit_catalog(self.context.item_features, self.context.user_features, self.context.train)
 
     def fit_catalog(self, items: FeatureTable, users: FeatureTable, train: Csr) -> None:
         """Copy the catalog's item features, item sampling probabilities and known ids into buffers."""

@@ -1,5 +1,6 @@
 """Write a bundle from plain parts (ONNX bytes, a FAISS index, a catalog): used by export, tests and benchmarks."""
 
+import dataclasses
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 
 from rectorch.serving.catalog import Catalog
 from rectorch.serving.manifest import MANIFEST_FILE, InputSpec, Manifest, sha256_file
+from rectorch.serving.settings import RecommendSettings
 
 INDEX_FILE = "items.faiss"
 ENCODER_FILES = {"fp32": "query_encoder.onnx", "int8": "query_encoder.int8.onnx"}
@@ -47,6 +49,7 @@ def write_bundle(
     precision_reason: str = "",
     index_info: dict[str, Any] | None = None,
     reports: dict[str, dict[str, Any]] | None = None,
+    serving: RecommendSettings | None = None,
 ) -> Manifest:
     """Write every file, hash it, and write ``manifest.json`` last (a bundle without one is incomplete).
 
@@ -61,6 +64,7 @@ def write_bundle(
         precision: the encoder to serve by default; ``precision_reason`` says why.
         index_info: ``factory``, ``search_params``, ``recall`` of the index.
         reports: ``validation``, ``quantization`` and ``source`` sections.
+        serving: the stage settings to serve with by default (recorded in full; None = the defaults).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -90,6 +94,7 @@ def write_bundle(
         quantization=reports.get("quantization", {}),
         source=reports.get("source", {}),
         versions=library_versions(),
+        serving={"recommend": dataclasses.asdict(serving or RecommendSettings())},
     )
     manifest.check()
     (out / MANIFEST_FILE).write_text(manifest.to_json())

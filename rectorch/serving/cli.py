@@ -1,50 +1,51 @@
-"""``rectorch-serve bundle=... [port=8000] [recommend.mmr_lambda=0.8]``: the HTTP service.
+"""``rectorch-serve bundle=DIR [--settings FILE] [key=value ...]``: the HTTP service.
 
-Settings come from the :class:`ServeSettings` defaults, then ``conf/serve.yaml`` when the project
-tree is present, then ``key=value`` overrides (Hydra-style, without Hydra: serving never imports it).
+Settings are layered, later wins: the :class:`ServeSettings` defaults, the settings the bundle records
+(``manifest.json`` → ``serving``), the ``--settings`` YAML file, then ``key=value`` overrides
+(``port=8001``, ``recommend.mmr_lambda=0.8``; Hydra-style, without Hydra: serving never imports it).
 """
 
+import argparse
 import dataclasses
 import sys
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
-import yaml
+from rectorch.serving.manifest import BundleError, read_manifest
+from rectorch.serving.settings import ServeSettings, merge, parse_overrides, read_settings_file, serve_settings
 
-from rectorch.serving.manifest import BundleError
-from rectorch.serving.settings import RecommendSettings, ServeSettings
-
-DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "conf" / "serve.yaml"
-
-
-def _assign(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        tree = tree.setdefault(key, {})
-    tree[leaf] = value
+USAGE = "rectorch-serve bundle=DIR [--settings FILE] [key=value ...]"
+DESCRIPTION = (
+    "Serve a bundle over HTTP. Settings, later wins: the defaults, the settings the bundle records, "
+    "the --settings YAML file, then key=value overrides (port=8001, recommend.mmr_lambda=0.8)."
+)
 
 
-def parse_settings(argv: list[str], defaults_file: Path | None = DEFAULTS_FILE) -> ServeSettings:
-    """Build settings from ``conf/serve.yaml`` and ``key=value`` arguments; unknown keys raise ``ValueError``."""
-    tree: dict[str, Any] = {}
-    if defaults_file is not None and defaults_file.is_file():
-        tree = yaml.safe_load(defaults_file.read_text()) or {}
-    for arg in argv:
-        key, sep, raw = arg.partition("=")
-        if not sep or not key:
-            raise ValueError(f"arguments are key=value overrides, got {arg!r}")
-        _assign(tree, key.removeprefix("serve."), yaml.safe_load(raw) if raw else "")
-    recommend = tree.pop("recommend", {}) or {}
-    try:
-        settings = ServeSettings(**tree, recommend=RecommendSettings(**recommend))
-    except TypeError as error:
-        raise ValueError(f"unknown setting: {error}") from error
-    if settings.bundle == ServeSettings.bundle:
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rectorch-serve", usage=USAGE, description=DESCRIPTION)
+    parser.add_argument("--settings", metavar="FILE", help="YAML laid out like ServeSettings (recommend: {...})")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="bundle=DIR, port=8001, recommend.k=v")
+    return parser
+
+
+def parse_settings(argv: Sequence[str]) -> ServeSettings:
+    """Build the settings for ``argv``; unknown keys, bad values and a missing bundle raise ``ValueError``."""
+    args = _parser().parse_intermixed_args(list(argv))
+    sources = {"command line": parse_overrides(args.overrides)}
+    if args.settings:
+        sources = {f"settings file {args.settings}": read_settings_file(args.settings), **sources}
+    for where, layer in sources.items():
+        serve_settings(None, layer, where)  # each source alone: an unknown key or bad value names its source
+    tree: dict = {}
+    for layer in sources.values():
+        tree = merge(tree, layer)
+    bundle = tree.get("bundle")
+    if bundle in (None, "", ServeSettings.bundle):
         raise ValueError("missing bundle=<bundle directory>")
-    return settings
+    recorded = read_manifest(str(bundle), verify=False).serving.get("recommend")
+    return serve_settings(recorded, {**tree, "bundle": str(bundle)}, "settings")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """Parse the settings, load the bundle, serve until interrupted."""
     import uvicorn
 

@@ -1,15 +1,19 @@
 """The bundle contract: ``manifest.json`` schema, file hashing and verification.
 
 A bundle directory holds the ONNX query encoder(s), the FAISS item index, the item id map, item
-metadata and this manifest. Row ``r`` of the index is model item id ``r + id_offset`` (the encoder's
-id 0 is padding) and external id ``item_ids[r]``. Nothing in a bundle is pickled.
+metadata, the serving settings it was exported with, and this manifest. Row ``r`` of the index is model
+item id ``r + id_offset`` (the encoder's id 0 is padding) and external id ``item_ids[r]``. Nothing in a
+bundle is pickled.
 """
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from rectorch.serving.settings import RecommendSettings, recommend_settings
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -57,6 +61,8 @@ class Manifest:
         validation / quantization: export reports.
         source: where the model came from (run dir, MLflow run id, dataset, protocol, test metrics).
         versions: library versions used to write the bundle.
+        serving: the settings the bundle was exported with, ``{"recommend": {...}}`` (partial keys allowed;
+            empty in bundles written before it existed, which then serve with the defaults).
         id_offset: model item id of row 0.
         schema_version: bumped on incompatible changes.
     """
@@ -78,6 +84,7 @@ class Manifest:
     quantization: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    serving: dict[str, Any] = field(default_factory=dict)
     id_offset: int = 1
     schema_version: int = SCHEMA_VERSION
 
@@ -114,9 +121,27 @@ class Manifest:
         unlisted = referenced - self.files.keys()
         if unlisted:
             raise BundleError(f"manifest references files without a sha256: {sorted(unlisted)}")
+        self.recommend_settings()
+
+    def recommend_settings(self, overrides: Mapping[str, Any] | None = None) -> RecommendSettings:
+        """The recorded stage settings (the defaults where none are recorded), then ``overrides``.
+
+        Raises:
+            BundleError: the recorded settings are malformed (unknown key, bad value).
+            ValueError: an override is (unknown key, bad value).
+        """
+        if not isinstance(self.serving, dict) or not set(self.serving) <= {"recommend"}:
+            raise BundleError(f"manifest 'serving' must be a mapping with a 'recommend' key, got {self.serving!r}")
+        recorded = self.serving.get("recommend") or {}
+        try:
+            recommend_settings(recorded)
+        except ValueError as error:
+            raise BundleError(f"manifest serving settings: {error}") from error
+        return recommend_settings(recorded, overrides)
 
 
-_REQUIRED = {f.name for f in fields(Manifest) if f.name not in {"validation", "quantization", "source", "versions"}}
+_OPTIONAL = {"validation", "quantization", "source", "versions", "serving"}
+_REQUIRED = {f.name for f in fields(Manifest) if f.name not in _OPTIONAL}
 
 
 def sha256_file(path: Path) -> str:

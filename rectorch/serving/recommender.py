@@ -68,13 +68,28 @@ class Recommender:
     def from_bundle(
         cls,
         path: str | Path,
-        settings: RecommendSettings | None = None,
+        settings: RecommendSettings | Mapping[str, Any] | None = None,
         precision: str | None = None,
         threads: int = 1,
     ) -> "Recommender":
-        """Verify every file's sha256, then load the encoder, the index and the catalog once."""
+        """Verify every file's sha256, then load the encoder, the index and the catalog once.
+
+        Args:
+            path: bundle directory.
+            settings: None = the settings the bundle records (the defaults for bundles recording none);
+                a mapping = those with these keys overridden (``{"mmr_lambda": 0.8}``); a
+                :class:`RecommendSettings` = exactly these.
+            precision: encoder to serve; None = the manifest's choice.
+            threads: onnxruntime and FAISS threads.
+
+        Raises:
+            BundleError: the bundle is missing, malformed or tampered with.
+            ValueError: an override names an unknown setting or has a bad value.
+        """
         path = Path(path)
         manifest = read_manifest(path)
+        if not isinstance(settings, RecommendSettings):
+            settings = manifest.recommend_settings(settings)
         precision = precision or manifest.precision
         if precision not in manifest.encoders:
             raise BundleError(f"bundle has no {precision!r} encoder; it has {sorted(manifest.encoders)}")
@@ -83,7 +98,7 @@ class Recommender:
         )
         index = ItemIndex(path / manifest.index["file"], manifest.index.get("search_params", ""), threads)
         catalog = Catalog.load(path, manifest.item_ids, manifest.items, manifest.categories)
-        return cls(manifest, encoder, index, catalog, settings or RecommendSettings())
+        return cls(manifest, encoder, index, catalog, settings)
 
     def recommend(
         self,

@@ -1,6 +1,19 @@
-"""Typed serving settings: the re-ranking defaults and the HTTP service (``conf/serve.yaml`` mirrors them)."""
+"""Typed serving settings, the one source of serving defaults, and the layering every entry point shares.
 
+A bundle records the :class:`RecommendSettings` it was exported with (``manifest.serving``);
+``Recommender.from_bundle`` and ``rectorch-serve`` both start from those (these defaults for bundles that
+record none), then apply explicit overrides. Unknown keys and ill-typed values raise ``ValueError`` naming them.
+"""
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 
 @dataclass
@@ -38,6 +51,7 @@ class RecommendSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.candidates <= 0 or self.popular_candidates < 0:
             raise ValueError("candidates must be positive and popular_candidates non-negative")
         if not 0.0 <= self.mmr_lambda <= 1.0:
@@ -58,10 +72,10 @@ class ServeSettings:
         bundle: bundle directory.
         host: interface to bind (loopback by default).
         port: TCP port.
-        precision: encoder to serve (``fp32``/``int8``); ``null`` = the manifest's choice.
+        precision: encoder to serve (``fp32``/``int8``); ``None`` = the manifest's choice.
         threads: onnxruntime and FAISS threads per process.
         log_level: uvicorn log level.
-        recommend: re-ranking defaults.
+        recommend: stage knobs (the bundle's recorded ones unless overridden).
     """
 
     bundle: str = "???"
@@ -71,3 +85,124 @@ class ServeSettings:
     threads: int = 1
     log_level: str = "warning"
     recommend: RecommendSettings = field(default_factory=RecommendSettings)
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        if not 0 < self.port < 65536 or self.threads <= 0:
+            raise ValueError(f"port must lie in 1..65535 and threads be positive, got {self.port} and {self.threads}")
+
+
+def _accepts(kind: Any, value: Any) -> bool:
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        return any(_accepts(option, value) for option in typing.get_args(kind))
+    if kind is type(None):
+        return value is None
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _check_types(settings: Any) -> None:
+    """Each field holds its annotated type (an int is accepted for a float and stored as one)."""
+    hints = typing.get_type_hints(type(settings))
+    for item in dataclasses.fields(settings):
+        value = getattr(settings, item.name)
+        if not _accepts(hints[item.name], value):
+            kind = getattr(hints[item.name], "__name__", str(hints[item.name]))
+            raise ValueError(f"setting {item.name!r} must be {kind}, got {value!r}")
+        if hints[item.name] is float:
+            setattr(settings, item.name, float(value))
+
+
+def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` laid over it, nested mappings merged key by key."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            value = merge(merged[key], value)
+        merged[key] = value
+    return merged
+
+
+def build(cls: type, tree: Mapping[str, Any], where: str, prefix: str = "") -> Any:
+    """A settings dataclass from a plain tree; unknown keys or bad values raise ``ValueError`` naming them.
+
+    Args:
+        cls: ``RecommendSettings`` or ``ServeSettings``.
+        tree: field name → value; nested dataclass fields take a mapping (or an instance).
+        where: where the values came from, for messages (``overrides``, a file name).
+        prefix: dotted path of ``tree`` inside the full settings (``recommend.``), for messages.
+    """
+    if not isinstance(tree, Mapping):
+        raise ValueError(f"{where}: '{prefix.rstrip('.') or 'settings'}' must be a mapping of settings, got {tree!r}")
+    known = {item.name for item in dataclasses.fields(cls)}
+    unknown = sorted(set(tree) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown setting '{prefix}{unknown[0]}'; known: {', '.join(sorted(known))}")
+    values = dict(tree)
+    hints = typing.get_type_hints(cls)
+    for name, value in tree.items():
+        if dataclasses.is_dataclass(hints[name]) and not isinstance(value, hints[name]):
+            values[name] = build(hints[name], value, where, f"{prefix}{name}.")
+    try:
+        return cls(**values)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from error
+
+
+def recommend_settings(
+    recorded: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    where: str = "overrides",
+    prefix: str = "",
+) -> RecommendSettings:
+    """The defaults, then a bundle's ``recorded`` settings, then explicit ``overrides`` (each may be partial)."""
+    base = dataclasses.asdict(build(RecommendSettings, recorded or {}, "the bundle's recorded settings"))
+    if not isinstance(overrides or {}, Mapping):
+        raise ValueError(f"{where}: '{prefix.rstrip('.') or 'settings'}' must be a mapping of settings")
+    return build(RecommendSettings, merge(base, overrides or {}), where, prefix)
+
+
+def serve_settings(recorded: Mapping[str, Any] | None, tree: Mapping[str, Any], where: str) -> ServeSettings:
+    """``ServeSettings`` from ``tree``; its ``recommend`` starts from the bundle's ``recorded`` settings."""
+    tree = dict(tree)
+    recommend = recommend_settings(recorded, tree.pop("recommend", None), where, "recommend.")
+    return build(ServeSettings, {**tree, "recommend": recommend}, where)
+
+
+def parse_overrides(arguments: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` / ``recommend.key=value`` arguments (YAML values, optional ``serve.`` prefix) → a tree."""
+    tree: dict[str, Any] = {}
+    for argument in arguments:
+        key, sep, raw = argument.partition("=")
+        if not sep or not key:
+            raise ValueError(f"arguments are key=value overrides, got {argument!r}")
+        *parents, leaf = key.removeprefix("serve.").split(".")
+        node = tree
+        for parent in parents:
+            node = node.setdefault(parent, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {argument!r}: {parent!r} is not a group of settings")
+        try:
+            node[leaf] = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as error:
+            raise ValueError(f"override {argument!r}: value is not valid YAML ({error})") from error
+    return tree
+
+
+def read_settings_file(path: str | Path) -> dict[str, Any]:
+    """A YAML file of settings laid out like :class:`ServeSettings` (``recommend:`` holds the stage knobs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"settings file {path} not found")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"settings file {path} is not valid YAML: {error}") from error
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ValueError(f"settings file {path} must hold a mapping of settings, got {type(tree).__name__}")
+    return tree

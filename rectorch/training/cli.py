@@ -10,11 +10,13 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
-from rectorch.resolvers import CONFIG_DIR, register_resolvers
+from rectorch.resolvers import CONFIG_PATH, monitored_metric, register_resolvers
 
 register_resolvers()
 
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, InstantiationException, MissingMandatoryValue)
+#: what Hydra itself writes into a run directory before ``main`` runs
+_HYDRA_OWN = {".hydra", "cli.log"}
 
 
 def _root_cause(error: BaseException) -> BaseException:
@@ -23,26 +25,46 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
-def _discard_run_dir(output_dir: Path) -> None:
-    """Remove a run directory that holds no checkpoint or metrics, so failed runs leave nothing behind."""
-    if output_dir.exists() and not any(output_dir.rglob("*.ckpt")) and not (output_dir / "metrics.json").exists():
+def discard_failed_run(output_dir: Path, before: set[str]) -> None:
+    """Remove what a failed run created in ``output_dir``, and nothing else.
+
+    ``before`` lists the entries the directory held when ``main`` started. A directory that held only
+    Hydra's own files was made for this run and goes whole; in any other (a folder of the user's, or an
+    earlier run) only the entries this run added go. A run that saved a checkpoint or metrics keeps them.
+    """
+    if not output_dir.is_dir():
+        return
+    added = [path for path in output_dir.iterdir() if path.name not in before]
+    saved = [p for path in added for p in ([path] if path.is_file() else path.rglob("*"))]
+    if any(p.suffix == ".ckpt" or p.name == "metrics.json" for p in saved):
+        return
+    if before <= _HYDRA_OWN:
         shutil.rmtree(output_dir, ignore_errors=True)
+        return
+    for path in added:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from rectorch.training.train import train
 
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    before = {path.name for path in output_dir.iterdir()} if output_dir.is_dir() else set()
     try:
         results = train(cfg)
     except USER_ERRORS as error:
         if HydraConfig.get().mode.name == "MULTIRUN":
             raise
-        _discard_run_dir(Path(HydraConfig.get().runtime.output_dir))
+        discard_failed_run(output_dir, before)
         cause = _root_cause(error)
         print(f"rectorch-train: error: {type(cause).__name__}: {cause}", file=sys.stderr)
         sys.exit(2)
-    return results["val"].get("ndcg@10")
+    # the value a sweeper maximises: the monitored validation metric under the run's protocol
+    return results["val"].get(monitored_metric(cfg.evaluation.sampled_negatives).removeprefix("val/"))
 
 
 if __name__ == "__main__":

@@ -1,64 +1,56 @@
-"""``rectorch-eval RUN_DIR``: validate and test a run's checkpoint under the run's own config and protocol.
+"""``rectorch-eval RUN``: validate and test a saved run's checkpoint under the run's own config and protocol.
 
-Useful for a run that is still training (its best checkpoint so far) or for re-checking a finished one.
+``RUN`` is a run directory or an MLflow run id. Useful for a run that is still training (``--checkpoint``
+names a copy of its best checkpoint so far) or for re-checking a finished one. The run's data is
+re-prepared (from the cache when present) to re-evaluate.
 """
 
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.utils import instantiate
-from omegaconf import OmegaConf, open_dict
 
-from rectorch.resolvers import register_resolvers
+from rectorch.models.checkpoint import checkpoint_epoch, load_weights
+from rectorch.runs import load_run
+from rectorch.training.console import quiet_console
 from rectorch.training.report import print_metrics
-from rectorch.training.train import epoch_of, strip_stage
+from rectorch.training.train import strip_stage
 
 
-def evaluate_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> dict[str, Any]:
-    """Metrics of ``checkpoint`` (default: the run's ``checkpoints/best.ckpt``); also written to ``eval.json``."""
-    register_resolvers()
-    run_dir = Path(run_dir).resolve()
-    config_file = run_dir / ".hydra" / "config.yaml"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a rectorch-train run directory: {config_file} not found")
-    checkpoint = Path(checkpoint) if checkpoint else run_dir / "checkpoints" / "best.ckpt"
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint} not found")
-    cfg = OmegaConf.load(config_file)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup()
-    model = instantiate(cfg.model, spec=datamodule.spec)
-    datamodule.view = model.view
+def evaluate_run(source: str | Path, checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """Metrics of ``checkpoint`` (default: the run's own); also written to the run's ``eval.json``."""
+    quiet_console()
+    run = load_run(source)
+    checkpoint = Path(checkpoint) if checkpoint else run.checkpoint
+    if checkpoint != run.checkpoint:
+        load_weights(run.model, checkpoint)
+    datamodule = run.datamodule()
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
-    warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")  # weights are all we need
-    val = trainer.validate(model, datamodule=datamodule, ckpt_path=str(checkpoint), verbose=False)[0]
-    test = trainer.test(model, datamodule=datamodule, ckpt_path=str(checkpoint), verbose=False)[0]
+    val = trainer.validate(run.model, datamodule=datamodule, verbose=False)[0]
+    test = trainer.test(run.model, datamodule=datamodule, verbose=False)[0]
+    evaluation = run.evaluation()
     results = {
-        "model": type(model).__name__.removesuffix("Module").lower(),
-        "protocol": datamodule.protocol("test").as_dict(),
+        "model": run.family,
+        "protocol": evaluation.protocol(datamodule.context, "test").as_dict(),
         "test": strip_stage(test, "test"),
         "val": strip_stage(val, "val"),
         "checkpoint": str(checkpoint),
-        "checkpoint_epoch": epoch_of(str(checkpoint)),
+        "checkpoint_epoch": checkpoint_epoch(checkpoint),
     }
-    (run_dir / "eval.json").write_text(json.dumps(results, indent=2))
+    (run.run_dir / "eval.json").write_text(json.dumps(results, indent=2))
     return results
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rectorch-eval", description=__doc__)
-    parser.add_argument("run_dir", help="a rectorch-train output directory (holds .hydra/config.yaml)")
-    parser.add_argument("--checkpoint", help="checkpoint to evaluate (default: RUN_DIR/checkpoints/best.ckpt)")
+    parser.add_argument("run", help="a saved run: its directory (holds run.json) or its MLflow run id")
+    parser.add_argument("--checkpoint", help="checkpoint to evaluate (default: the one the run's run.json names)")
     args = parser.parse_args(argv)
     try:
-        results = evaluate_run(args.run_dir, args.checkpoint)
+        results = evaluate_run(args.run, args.checkpoint)
     except (FileNotFoundError, ValueError) as error:
         print(f"rectorch-eval: error: {error}", file=sys.stderr)
         sys.exit(2)

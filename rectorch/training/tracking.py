@@ -11,8 +11,6 @@ from hydra.types import RunMode
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
-from rectorch.resolvers import PROJECT_ROOT
-
 PARAM_LIMIT = 6000  # MLflow 3 rejects longer param values; the full config is also an artifact
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests a run under this parent
 SWEEP_TAG = "rectorch.sweep_dir"
@@ -41,16 +39,37 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+#: where a run writes or logs, not what it computes: left out of the run-name hash
+_OUTPUT_KEYS = frozenset({"paths", "hydra", "logger", "cache_dir", "dirpath", "default_root_dir", "progress_bar"})
+
+
+def _without_outputs(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _without_outputs(v) for k, v in tree.items() if k not in _OUTPUT_KEYS}
+    if isinstance(tree, list):
+        return [_without_outputs(v) for v in tree]
+    return tree
+
+
 def config_hash(cfg: DictConfig) -> str:
-    """Short hash of what defines a model run: the data and model config."""
-    keyed = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "model") if k in cfg}
+    """Short hash of everything that defines a run (data, model, trainer, callbacks, evaluation, seed, ...),
+    leaving out only where it writes its outputs."""
+    keyed = {
+        key: _without_outputs(OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node)
+        for key, node in ((key, cfg[key]) for key in cfg if key not in _OUTPUT_KEYS)
+    }
     return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def git_commit() -> str:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -99,10 +118,12 @@ def log_run_config(logger: MLFlowLogger, cfg: DictConfig, tags: dict[str, str], 
     client.log_artifact(run_id, str(config_path))
 
 
-def log_results(logger: MLFlowLogger, metrics_path: Path, checkpoint: str | None) -> None:
-    """Attach ``metrics.json`` and the best checkpoint to the run; a sweep's parent run ends with its last child."""
+def log_results(logger: MLFlowLogger, files: list[Path], checkpoint: str | None) -> None:
+    """Attach the saved run's files (``metrics.json``, ``run.json``, the catalog) and its checkpoint to the run;
+    a sweep's parent run ends with its last child."""
     client, run_id = logger.experiment, logger.run_id
-    client.log_artifact(run_id, str(metrics_path))
+    for path in files:
+        client.log_artifact(run_id, str(path))
     if checkpoint:
         client.log_artifact(run_id, checkpoint, artifact_path="checkpoints")
     parent = (logger.tags or {}).get(PARENT_TAG)

@@ -1,4 +1,4 @@
-"""``train(cfg)``: seed → data → model → callbacks/loggers → trainer → fit → validate/test best → outputs."""
+"""``train(cfg)``: seed → data → model → callbacks/loggers → trainer → fit → validate/test best → saved run."""
 
 import json
 import resource
@@ -8,16 +8,27 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
-from rectorch.models.checkpoint import load_weights
+from rectorch import __version__
+from rectorch.data.catalog import DataCatalog
+from rectorch.models.checkpoint import checkpoint_epoch, load_weights
+from rectorch.runs.record import RunRecord
+from rectorch.training.console import quiet_console
 from rectorch.training.memory import fix_mmap_threshold
 from rectorch.training.report import print_metrics
 from rectorch.training.timer import TrainTimer
-from rectorch.training.tracking import PARENT_TAG, config_hash, git_commit, log_results, log_run_config, sweep_parent
+from rectorch.training.tracking import (
+    PARENT_TAG,
+    config_hash,
+    git_commit,
+    log_results,
+    log_run_config,
+    resolved_config,
+    sweep_parent,
+)
 
 
 def _instantiate_all(group: DictConfig | None, **kwargs: Any) -> list[Any]:
@@ -32,50 +43,65 @@ def strip_stage(metrics: dict[str, float], stage: str) -> dict[str, float]:
     return {k[len(prefix) :]: float(v) for k, v in metrics.items() if k.startswith(prefix)}
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train and evaluate one configured model; returns what ``metrics.json`` holds."""
-    warnings.filterwarnings("ignore", message="MLFlow only allows")  # '@' is dropped from MLflow metric names
-    warnings.filterwarnings("ignore", message=".*sync_dist=True")  # evaluation state is reduced before logging
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
-    fix_mmap_threshold(cfg.get("malloc_mmap_threshold_mb"))
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-
+def build(cfg: DictConfig) -> tuple[Any, Any, Any]:
+    """``(datamodule, model, evaluation)``: data prepared and split, the model built from its spec (and
+    ``init_from`` weights) and bound to the data's context, the datamodule reading through the model's view."""
+    evaluation = instantiate(cfg.evaluation)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
+    evaluation.validate(datamodule.spec.num_items)
     model = instantiate(cfg.model, spec=datamodule.spec)
     init_from = OmegaConf.select(cfg, "init_from", throw_on_missing=True)
     if init_from:
         load_weights(model, init_from)
+    model.bind(datamodule.context, evaluation)
     datamodule.view = model.view
-    family = type(model).__name__.removesuffix("Module").lower()
+    return datamodule, model, evaluation
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train and evaluate one configured model; returns what ``metrics.json`` holds.
+
+    The run directory ends up a saved run (see :mod:`rectorch.runs`): ``run.json``, the catalog,
+    ``metrics.json`` and the checkpoint its ``run.json`` names.
+    """
+    quiet_console()
+    warnings.filterwarnings("ignore", message="MLFlow only allows")  # '@' is dropped from MLflow metric names
+    warnings.filterwarnings("ignore", message=".*sync_dist=True")  # evaluation state is reduced before logging
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+    fix_mmap_threshold(cfg.get("malloc_mmap_threshold_mb"))
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    datamodule, model, evaluation = build(cfg)
+    context = datamodule.context
 
     timer = TrainTimer()
     callbacks = [timer, *_instantiate_all(cfg.get("callbacks"))]
-    loggers: list[Logger] = _instantiate_all(cfg.get("logger"), **_logger_names(cfg, datamodule.spec.name, family))
+    loggers: list[Logger] = _instantiate_all(cfg.get("logger"), **_logger_names(cfg, context.spec.name, model.family))
     overrides = {"max_epochs": 1} if model.closed_form else {}
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
 
     mlflow = next((lg for lg in loggers if isinstance(lg, MLFlowLogger)), None)
-    protocol = datamodule.protocol("test")
+    protocol = evaluation.protocol(context, "test")
     if mlflow is not None and trainer.is_global_zero:
-        log_run_config(mlflow, cfg, _tags(cfg, datamodule, family, protocol.as_dict()), output_dir)
+        log_run_config(mlflow, cfg, _tags(cfg, datamodule, model.family, protocol.as_dict()), output_dir)
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     train_seconds = time.perf_counter() - start
 
-    checkpoint = _best_checkpoint(trainer, model)
-    best_epoch = 1 if model.closed_form else epoch_of(checkpoint)
-    ckpt_path = checkpoint or None
-    val = strip_stage(trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0], "val")
-    test = strip_stage(trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0], "test")
+    checkpoint = _best_checkpoint(trainer, model, output_dir)
+    best_epoch = 1 if model.closed_form else checkpoint_epoch(checkpoint)
+    evaluate = {"datamodule": datamodule, "ckpt_path": str(checkpoint), "verbose": False, "weights_only": True}
+    val = strip_stage(trainer.validate(model, **evaluate)[0], "val")
+    test = strip_stage(trainer.test(model, **evaluate)[0], "test")
 
     results = {
-        "model": family,
+        "model": model.family,
         "protocol": protocol.as_dict(),
-        "val_protocol": datamodule.protocol("val").as_dict(),
+        "val_protocol": evaluation.protocol(context, "val").as_dict(),
         "test": test,
         "val": val,
         "epochs": trainer.current_epoch if not model.closed_form else 1,
@@ -84,16 +110,35 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "seconds_per_epoch": round(timer.total / max(len(timer.epoch_seconds), 1), 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "dataset_fingerprint": datamodule.dataset.fingerprint,
-        "checkpoint": checkpoint,
+        "checkpoint": str(checkpoint),
         "mlflow_run_id": mlflow.run_id if mlflow is not None else None,
     }
     if trainer.is_global_zero:
         metrics_path = output_dir / "metrics.json"
         metrics_path.write_text(json.dumps(results, indent=2))
+        saved = save_run(cfg, model, datamodule, results, output_dir, checkpoint)
         print_metrics(results)
         if mlflow is not None:
-            log_results(mlflow, metrics_path, checkpoint)
+            log_results(mlflow, [metrics_path, *saved], str(checkpoint))
     return results
+
+
+def save_run(
+    cfg: DictConfig, model: Any, datamodule: Any, results: dict[str, Any], output_dir: Path, checkpoint: Path
+) -> list[Path]:
+    """Write the catalog and, last, ``run.json``: the files that make ``output_dir`` a saved run."""
+    catalog = DataCatalog.build(datamodule.dataset, datamodule.context).save(output_dir)
+    record = RunRecord(
+        family=model.family,
+        config=resolved_config(cfg),
+        spec=datamodule.spec,
+        data_fingerprint=datamodule.dataset.fingerprint,
+        protocol=results["protocol"],
+        checkpoint=str(checkpoint.relative_to(output_dir) if checkpoint.is_relative_to(output_dir) else checkpoint),
+        mlflow_run_id=results["mlflow_run_id"],
+        extra={"seed": cfg.get("seed"), "git_commit": git_commit(), "rectorch_version": __version__},
+    )
+    return [*catalog, record.write(output_dir)]
 
 
 def _logger_names(cfg: DictConfig, dataset: str, family: str) -> dict[str, Any]:
@@ -121,21 +166,16 @@ def _tags(cfg: DictConfig, datamodule: Any, family: str, protocol: dict[str, Any
     return tags
 
 
-def _best_checkpoint(trainer: L.Trainer, model: Any) -> str:
-    """Path of the best checkpoint; a closed-form model (no optimizer steps) saves its single state."""
+def _best_checkpoint(trainer: L.Trainer, model: Any, output_dir: Path) -> Path:
+    """The best checkpoint; a closed-form model (no optimizer steps) or a run without a checkpoint callback
+    saves its final state, so that every run can be loaded back."""
     callback = trainer.checkpoint_callback
-    if callback is None:
-        return ""
-    if not callback.best_model_path and model.closed_form and callback.dirpath:
-        path = Path(callback.dirpath) / f"{callback.filename or 'best'}.ckpt"
+    if callback is not None and callback.best_model_path:
+        return Path(callback.best_model_path)
+    directory = Path(callback.dirpath) if callback is not None and callback.dirpath else output_dir / "checkpoints"
+    name = f"{callback.filename or 'best'}.ckpt" if callback is not None else "last.ckpt"
+    path = directory / name
+    trainer.save_checkpoint(path)
+    if callback is not None:
         callback.best_model_path = str(path)
-        trainer.save_checkpoint(path)
-    return callback.best_model_path
-
-
-def epoch_of(checkpoint: str) -> int | None:
-    """1-based epoch stored in a Lightning checkpoint (memory-mapped; only the counter is read)."""
-    if not checkpoint:
-        return None
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
-    return int(state.get("epoch", 0)) + 1
+    return path

@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from mlflow import MlflowClient
 from omegaconf import open_dict
 
-from rectorch.resolvers import CONFIG_DIR
+from rectorch.resolvers import config_dir
 
 SMALL = ["data.source.num_users=300", "data.source.num_items=120", "data.batch_size=64", "debug=limit"]
 FULL = {"dataset": "synthetic", "split": "loo", "ranking": "full", "mask_seen": True, "k": [10], "users": 300}
@@ -24,7 +24,7 @@ def trained_store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     root = tmp_path_factory.mktemp("trained")
     for model in ("popularity", "ease", "sasrec"):
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             cfg = compose(
                 config_name="train",
                 return_hydra_config=True,

@@ -7,9 +7,9 @@ import pytest
 from nbclient import NotebookClient
 
 from rectorch.compare import compare
-from rectorch.compare.store import DEFAULT_TRACKING_URI, StoreError
-from rectorch.resolvers import PROJECT_ROOT
-from tests.conftest import require_data
+from rectorch.compare.store import StoreError, default_tracking_uri
+from rectorch.resolvers import rectorch_home
+from tests.conftest import PROJECT_ROOT, require_data
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 
@@ -42,12 +42,13 @@ def test_quickstart_executes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 def test_movielens_executes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     require_data("ml-1m/ml-1m.txt.gz")
     try:
-        runs = compare(DEFAULT_TRACKING_URI, experiments=["rectorch-ml1m"]).runs
+        runs = compare(default_tracking_uri(), experiments=["rectorch-ml1m"]).runs
     except StoreError as error:
         pytest.skip(f"no ML-1M runs to show: {error}")
     if not runs:
         pytest.skip("no finished ML-1M runs in the project's MLflow store (rectorch-train experiment=..._ml1m)")
     monkeypatch.setenv("RECTORCH_LOG_DIR", str(tmp_path))
+    monkeypatch.setenv("RECTORCH_HOME", str(rectorch_home()))  # the kernel runs in notebooks/: read the same store
     _execute("movielens.ipynb", timeout=300)
     # one folder of plots per protocol group when the store holds runs under several protocols
     assert list((tmp_path / "compare-ml1m").rglob("val_ndcg_vs_epoch.png"))

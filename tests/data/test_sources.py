@@ -12,6 +12,7 @@ from rectorch.data import columns as C
 from rectorch.data.errors import DataError
 from rectorch.data.movielens import MovieLens1MRatingsSource, MovieLens1MSasrecSource, MovieLens100KSource
 from rectorch.data.prepare import Preprocessing
+from rectorch.data.prepared import PreparedDataset
 from rectorch.data.sources import BeautySource, InteractionsFileSource
 
 DATA_ROOT = Path(os.environ.get("RECTORCH_DATA_DIR", Path(__file__).parents[3] / "shared" / "data"))
@@ -157,3 +158,78 @@ def test_ml100k_counts_and_features():
 def test_beauty_counts():
     data = Preprocessing()(BeautySource(real("amazon-beauty-bert4rec")).load())
     assert (data.num_users, data.num_items, data.num_interactions) == (40_226, 54_542, 353_962)
+
+
+def history(data: PreparedDataset, user: str) -> list[str]:
+    """External item ids of ``user``'s prepared sequence."""
+    u = data.user_ids.tolist().index(user)
+    return data.item_ids[data.items[data.indptr[u] : data.indptr[u + 1]]].tolist()
+
+
+REVIEWS = "user_id,item_id,{col}\n" + "".join(
+    f"u{u},i{i},{t}\n" for u, i, t in [(1, 1, 1577836830), (2, 1, 1577836810), (1, 2, 1577836820), (2, 3, 1577836800)]
+)  # a review file sorted by item: file order is not time order
+
+
+@pytest.mark.parametrize("column", ["timestamp", "Time", "ts", "date", "event_time", "created_at", "when"])
+def test_timestamp_like_column_without_time_col_is_refused(tmp_path, column):
+    path = write(tmp_path / "reviews.csv", REVIEWS.format(col=column))
+    with pytest.raises(DataError) as err:
+        InteractionsFileSource(path).load()
+    message = str(err.value)
+    for fragment in (str(path), f"'{column}'", f"data.time_col={column}", "data.time_col=none"):
+        assert fragment in message
+
+
+@pytest.mark.parametrize(
+    ("column", "values"),
+    [
+        ("published", ["2020-01-01", "2020-01-03", "2019-12-30", "2020-02-01"]),
+        ("reviewed", ["01/31/2020", "1/2/2020", "12/30/2019 10:00", "02/01/2020"]),
+        ("moment", ["2020-01-01T10:00:00Z", "2020-01-01 11:00", "2020-01-02", "2020-01-03"]),
+        ("clock", [1577836800123, 1577836800456, 1577836801000, 1577836900000]),  # milliseconds
+    ],
+)
+def test_datetime_or_unix_valued_column_without_time_col_is_refused(tmp_path, column, values):
+    frame = pd.DataFrame({"user_id": [1, 1, 2, 2], "item_id": [1, 2, 1, 3], column: values})
+    path = tmp_path / "log.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(DataError, match=f"'{column}'.*data.time_col={column}"):
+        InteractionsFileSource(path).load()
+
+
+def test_parquet_datetime_column_without_time_col_is_refused(tmp_path):
+    path = tmp_path / "log.parquet"
+    stamps = pd.to_datetime(["2020-01-02", "2020-01-01", "2020-01-03"])
+    pd.DataFrame({"user_id": [1, 1, 2], "item_id": [1, 2, 3], "moment": stamps}).to_parquet(path)
+    with pytest.raises(DataError, match=r"log\.parquet.*'moment'"):
+        InteractionsFileSource(path).load()
+
+
+def test_explicit_choice_orders_by_time_or_by_file(tmp_path):
+    path = write(tmp_path / "reviews.csv", REVIEWS.format(col="timestamp"))
+    by_time = Preprocessing()(InteractionsFileSource(path, time_col="timestamp").load())
+    by_file = Preprocessing()(InteractionsFileSource(path, time_col="none").load())
+    as_none = Preprocessing()(InteractionsFileSource(path, time_col="None").load())  # Hydra reads `None` as text
+    assert history(by_time, "u1") == ["i2", "i1"] and history(by_time, "u2") == ["i3", "i1"]
+    assert history(by_file, "u1") == ["i1", "i2"] and history(by_file, "u2") == ["i1", "i3"]
+    assert by_file.timestamps is None and np.array_equal(as_none.items, by_file.items)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "user_id,item_id,rating,price\n1,2,5,19.99\n1,3,4,5.0\n2,2,3,7.5\n",  # small numbers are not times
+        "user_id,item_id,position\n1,2,1\n1,3,2\n2,2,1\n",  # small counters are not unix times
+        "user_id,item_id,title\n1,2,Dune\n1,3,2001: A Space Odyssey\n",
+    ],
+)
+def test_files_without_a_time_like_column_keep_file_order_silently(tmp_path, text):
+    path = write(tmp_path / "log.csv", text)
+    source = InteractionsFileSource(path, rating_col="rating" if "rating" in text else None)
+    assert C.TIME not in source.load().interactions.columns
+
+
+def test_file_order_choice_shares_the_cache_key_of_no_choice(tmp_path):
+    path = write(tmp_path / "log.csv", "user_id,item_id\n1,2\n")
+    assert InteractionsFileSource(path, time_col="none").config() == InteractionsFileSource(path).config()

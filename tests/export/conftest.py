@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-from rectorch.resolvers import CONFIG_DIR
+from rectorch.resolvers import config_dir
 
 SMALL = [
     "data.source.num_users=200",
@@ -23,12 +23,12 @@ SMALL = [
     "+trainer.limit_train_batches=2",
     "+trainer.enable_progress_bar=false",
 ]
-MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
 
 
 def compose_config(name: str, overrides: list[str], output_dir: Path | None = None) -> DictConfig:
     """The real ``conf/<name>.yaml`` with ``overrides``; Hydra's runtime dir set to ``output_dir``."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose(config_name=name, return_hydra_config=True, overrides=overrides)
     HydraConfig().set_config(cfg)
     if output_dir is not None:
@@ -51,9 +51,6 @@ def train_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
             overrides = [*SMALL, f"model={model}", f"logger={logger}", f"paths.log_dir={root}/logs", *extra]
             cfg = compose_config("train", overrides, root / "run")
             train(cfg)
-            (root / "run" / ".hydra").mkdir(exist_ok=True)  # what rectorch-train's Hydra writes
-            saved = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-            OmegaConf.save(saved, root / "run" / ".hydra" / "config.yaml")
             cache[key] = root / "run"
         return cache[key]
 

@@ -15,7 +15,7 @@ from rectorch.models.components.sequence_losses import (
     SampledSoftmaxLoss,
 )
 from rectorch.models.sasrec import SASRecModule, trim_padding
-from rectorch.resolvers import CONFIG_DIR
+from rectorch.resolvers import config_dir
 from rectorch.training.train import train
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*self.log.*")
@@ -91,7 +91,7 @@ def test_exclude_seen_drops_the_users_other_items_from_the_softmax() -> None:
     assert excluding.item() < plain.item()
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (CONFIG_DIR / "model" / "loss").glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(p.stem for p in (config_dir() / "model" / "loss").glob("*.yaml")))
 def test_every_loss_config_builds_and_trains_a_step(compose_train, name: str) -> None:
     from hydra.utils import instantiate
 

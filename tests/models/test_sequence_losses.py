@@ -1,4 +1,4 @@
-"""Sequence losses against hand-computed values on a tiny case; chunked CE against unchunked CE."""
+"""Sequence losses against hand-computed values on a tiny case; chunked and sampled CE against ``F.cross_entropy``."""
 
 import math
 
@@ -53,17 +53,60 @@ def test_full_softmax_bf16_is_close() -> None:
     assert FullSoftmaxLoss(bf16=True)(hidden, targets, items).item() == pytest.approx(exact.item(), rel=2e-2)
 
 
-def test_sampled_softmax_with_all_items_as_negatives_equals_full() -> None:
-    # with K large, every item appears; duplicates and accidental hits only add masked or repeated terms
-    hidden, targets, items = torch.tensor([[1.0, 0.5]]), torch.tensor([2]), torch.randn(4, 2)
+def _leaves(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    return [t.detach().clone().requires_grad_() for t in tensors]
+
+
+@pytest.mark.parametrize("with_seen", [False, True])
+def test_sampled_softmax_over_every_item_equals_the_full_softmax(monkeypatch, with_seen: bool) -> None:
+    """K = N negatives, each item drawn once: the sampled loss is the full softmax, in value and gradients."""
     torch.manual_seed(0)
-    loss = SampledSoftmaxLoss(num_negatives=1)(hidden, targets, items)
+    num_items, count = 7, 5
+    hidden, items = torch.randn(count, 3), torch.randn(num_items + 1, 3)
+    targets = torch.tensor([1, 3, 3, 6, 7])
+    seen = seen_of([[1, 2, 3], [4, 6, 7]], [0, 0, 0, 1, 1], num_items) if with_seen else None
+    module = "rectorch.models.components.sequence_losses.uniform_negatives"
+    monkeypatch.setattr(module, lambda k, table, generator=None: torch.arange(1, table.shape[0]))
+    h1, w1 = _leaves(hidden, items)
+    sampled = SampledSoftmaxLoss(num_negatives=num_items)(h1, targets, w1, seen)
+    sampled.backward()
+    h2, w2 = _leaves(hidden, items)
+    logits = h2 @ w2.T
+    excluded = torch.zeros(count, num_items + 1, dtype=torch.bool)
+    excluded[:, 0] = True
+    if with_seen:
+        excluded[:3, [1, 2, 3]] = excluded[3:, [4, 6, 7]] = True
+        excluded[torch.arange(count), targets] = False
+    reference = F.cross_entropy(logits.masked_fill(excluded, float("-inf")), targets)  # explicit full softmax
+    reference.backward()
+    assert sampled.item() == pytest.approx(reference.item(), rel=1e-6)
+    torch.testing.assert_close(h1.grad, h2.grad)
+    torch.testing.assert_close(w1.grad, w2.grad)
+    h3, w3 = _leaves(hidden, items)
+    assert FullSoftmaxLoss(max_logits=16)(h3, targets, w3, seen).item() == pytest.approx(reference.item(), rel=1e-6)
+
+
+def test_sampled_softmax_is_cross_entropy_over_its_draw() -> None:
+    """K = 6 uniform draws, repeats and target hits included: ``F.cross_entropy`` over [target, draws]."""
     torch.manual_seed(0)
-    negative = torch.randint(1, 4, (1,))
-    logits = torch.stack([hidden[0] @ items[2], hidden[0] @ items[negative[0]]])
-    if negative.item() == 2:
-        logits = logits[:1]
-    assert loss.item() == pytest.approx((logits.logsumexp(0) - logits[0]).item(), rel=1e-6)
+    num_items, count, k = 5, 6, 6
+    hidden, items = torch.randn(count, 4), torch.randn(num_items + 1, 4)
+    targets = torch.randint(1, num_items + 1, (count,))
+    torch.manual_seed(3)
+    negatives = torch.randint(1, num_items + 1, (k,))
+    assert len(negatives.unique()) < k and bool((negatives[None] == targets[:, None]).any())  # both cases occur
+    h1, w1 = _leaves(hidden, items)
+    torch.manual_seed(3)
+    sampled = SampledSoftmaxLoss(num_negatives=k)(h1, targets, w1)
+    sampled.backward()
+    h2, w2 = _leaves(hidden, items)
+    logits = torch.cat([(h2 * w2[targets]).sum(1, keepdim=True), h2 @ w2[negatives].T], dim=1)
+    hits = torch.cat([torch.zeros(count, 1, dtype=torch.bool), negatives[None] == targets[:, None]], dim=1)
+    reference = F.cross_entropy(logits.masked_fill(hits, float("-inf")), torch.zeros(count, dtype=torch.long))
+    reference.backward()
+    assert sampled.item() == pytest.approx(reference.item(), rel=1e-6)
+    torch.testing.assert_close(h1.grad, h2.grad)
+    torch.testing.assert_close(w1.grad, w2.grad)
 
 
 def test_bce_hand_computed(tiny) -> None:

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from rectorch.serving.bundle import flat_index, write_bundle
 from rectorch.serving.catalog import Catalog
 from rectorch.serving.manifest import InputSpec
+from rectorch.serving.settings import RecommendSettings
 
 NUM_ITEMS, DIM, HISTORY = 60, 8, 5
 NOW = 1_700_000_000.0
@@ -60,7 +61,8 @@ def tiny_catalog() -> tuple[np.ndarray, Catalog]:
     return vectors, catalog
 
 
-def build_bundle(path: Path) -> Path:
+def build_bundle(path: Path, serving: RecommendSettings | None = None) -> Path:
+    """The tiny bundle at ``path``, recording ``serving`` as its settings (None = the defaults)."""
     vectors, catalog = tiny_catalog()
     table = np.vstack([np.zeros((1, DIM), np.float32), vectors])  # model id 0 = padding
     write_bundle(
@@ -70,10 +72,21 @@ def build_bundle(path: Path) -> Path:
         inputs=[InputSpec("history", "int64", ["batch", HISTORY])],
         index=flat_index(vectors),
         catalog=catalog,
+        serving=serving,
     )
     return path
+
+
+# non-default stage settings recorded by a bundle (as an export with these settings would)
+TUNED = RecommendSettings(candidates=100, mmr_lambda=0.3, diversity="categories", max_k=60, seed=7)
 
 
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_bundle(tmp_path_factory.mktemp("bundle") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tuned_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny bundle recording :data:`TUNED`."""
+    return build_bundle(tmp_path_factory.mktemp("bundle") / "tuned", TUNED)

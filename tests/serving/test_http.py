@@ -1,4 +1,7 @@
-"""The HTTP service, started with ``rectorch-serve`` on 127.0.0.1 and spoken to over a real socket."""
+"""The HTTP service, started with ``rectorch-serve`` on 127.0.0.1 and spoken to over a real socket.
+
+It serves the bundle recording ``TUNED`` settings with one command-line override (``max_k``).
+"""
 
 import json
 import socket
@@ -12,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from rectorch.serving.cli import DEFAULTS_FILE, parse_settings
-from rectorch.serving.settings import RecommendSettings, ServeSettings
+from tests.serving.conftest import TUNED
 
 
 def free_port() -> int:
@@ -23,9 +25,10 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(bundle: Path) -> Iterator[str]:
+def server(tuned_bundle: Path) -> Iterator[str]:
     port = free_port()
-    command = [sys.executable, "-m", "rectorch.serving.cli", f"bundle={bundle}", f"port={port}", "recommend.max_k=50"]
+    command = [sys.executable, "-m", "rectorch.serving.cli", f"bundle={tuned_bundle}", f"port={port}"]
+    command.append("recommend.max_k=50")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -56,11 +59,15 @@ def call(url: str, body: bytes | None = None, method: str = "GET") -> tuple[int,
 def test_endpoints(server: str) -> None:
     assert call(f"{server}/healthz") == (200, {"status": "ok", "items": 60})
     status, meta = call(f"{server}/metadata")
-    assert status == 200 and meta["family"] == "MeanEncoder" and meta["settings"]["max_k"] == 50
+    assert status == 200 and meta["family"] == "MeanEncoder"
+    assert meta["settings"]["max_k"] == 50 != TUNED.max_k  # the override beats the recorded value
+    recorded = {key: meta["settings"][key] for key in ("candidates", "mmr_lambda", "diversity", "seed")}
+    assert recorded == {"candidates": 100, "mmr_lambda": 0.3, "diversity": "categories", "seed": 7}
     body = json.dumps({"history": ["i0", "i3", "zz"], "k": 3, "exclude": ["i9"]}).encode()
     status, answer = call(f"{server}/recommend", body, "POST")
     assert status == 200 and len(answer["items"]) == 3 and answer["unknown_items"] == ["zz"]
     assert {"id", "score", "source"} == set(answer["items"][0]) and "i9" not in [i["id"] for i in answer["items"]]
+    assert len({int(i["id"][1:]) % 3 for i in answer["items"]}) == 3  # the recorded MMR over categories
     status, answer = call(f"{server}/items/i3/similar?k=2")
     assert status == 200 and len(answer["items"]) == 2
     assert urllib.request.urlopen(f"{server}/openapi.json", timeout=10).status == 200
@@ -86,16 +93,3 @@ def test_bad_input_is_a_clear_4xx(server: str, path: str, body: bytes | None, st
     code, answer = call(f"{server}{path}", body, "POST" if body is not None else "GET")
     assert code == status
     assert message in json.dumps(answer)
-
-
-def test_settings_parse_overrides_and_mirror_the_yaml() -> None:
-    settings = parse_settings(["bundle=/b", "port=9000", "recommend.mmr_lambda=0.5", "serve.threads=2"])
-    assert (settings.bundle, settings.port, settings.threads, settings.recommend.mmr_lambda) == ("/b", 9000, 2, 0.5)
-    import yaml
-
-    conf = yaml.safe_load(DEFAULTS_FILE.read_text())
-    assert set(conf) == {f for f in ServeSettings.__dataclass_fields__}
-    assert set(conf["recommend"]) == set(RecommendSettings.__dataclass_fields__)
-    for bad in (["port=1"], ["bundle=/b", "nope=1"], ["bundle=/b", "recommend.mmr_lambda=3"], ["bundle"]):
-        with pytest.raises(ValueError):
-            parse_settings(bad)

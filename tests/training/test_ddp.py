@@ -7,13 +7,13 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from hydra.utils import instantiate
 
+from rectorch.runs import load_run
 from tests.conftest import SMALL_DATA
 
 
 @pytest.mark.slow
-def test_ddp_training_and_exact_sharded_evaluation(compose_train, tmp_path: Path) -> None:
+def test_ddp_training_and_exact_sharded_evaluation(tmp_path: Path) -> None:
     run_dir = tmp_path / "ddp_run"
     command = [
         sys.executable,
@@ -35,13 +35,10 @@ def test_ddp_training_and_exact_sharded_evaluation(compose_train, tmp_path: Path
     ddp = json.loads((run_dir / "metrics.json").read_text())
     assert ddp["epochs"] == 2 and Path(ddp["checkpoint"]).is_file()
 
-    cfg = compose_train("logger=none", "callbacks=none", "evaluation.batch_users=64")
-    datamodule = instantiate(cfg.data)
-    datamodule.setup()
-    model = instantiate(cfg.model, spec=datamodule.spec)
-    datamodule.view = model.view
+    run = load_run(run_dir)
+    datamodule = run.datamodule()
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
-    single = trainer.test(model, datamodule=datamodule, ckpt_path=ddp["checkpoint"], verbose=False)[0]
+    single = trainer.test(run.model, datamodule=datamodule, verbose=False)[0]
     assert ddp["protocol"]["users"] == len(datamodule.split.test)
     for name in ("ndcg@10", "hr@10", "mrr@10", "coverage@10"):
         assert single[f"test/{name}"] == pytest.approx(ddp["test"][name], abs=1e-6)

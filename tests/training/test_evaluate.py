@@ -32,4 +32,4 @@ def test_not_a_run_directory_is_a_clear_error(tmp_path: Path, capsys: pytest.Cap
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path)])
     assert exit_info.value.code == 2
-    assert "is not a rectorch-train run directory" in capsys.readouterr().err
+    assert "is not a saved rectorch run: run.json not found" in capsys.readouterr().err
