@@ -6,7 +6,7 @@ from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rectorch.resolvers import CONFIG_PATH, register_resolvers
 
@@ -14,10 +14,20 @@ register_resolvers()
 log = logging.getLogger(__name__)
 
 
+def quiet_export_console() -> None:
+    """Progress and real warnings only: the ONNX rewriter logs one INFO line per initializer it touches, the
+    exporter one warning per torchvision operator it cannot register (none is used), faiss one line per
+    instruction-set build it does not find and per ground-truth search."""
+    for name in ("onnx_ir", "onnxscript", "faiss"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
+
 def export(cfg: DictConfig) -> Path:
     """Rebuild the run named by ``cfg``, write its bundle, log it to MLflow; returns the bundle dir."""
     from rectorch.export.pipeline import export_run, log_bundle
     from rectorch.runs import load_run
+    from rectorch.serving.settings import recommend_settings
 
     if bool(cfg.run_dir) == bool(cfg.mlflow_run_id):
         raise ValueError("give exactly one of run_dir=<training run dir> or mlflow_run_id=<id>")
@@ -33,6 +43,7 @@ def export(cfg: DictConfig) -> Path:
         quality_users=cfg.quality_users,
         created_at_feature=cfg.created_at_feature,
         available_feature=cfg.available_feature,
+        serving=recommend_settings(overrides=OmegaConf.to_container(cfg.serving), where="export", prefix="serving."),
     )
     run_id = cfg.mlflow_run_id or run.mlflow_run_id
     if cfg.log_to_mlflow and run_id:
@@ -48,6 +59,7 @@ def export(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="export")
 def main(cfg: DictConfig) -> None:
+    quiet_export_console()
     try:
         export(cfg)
     except (ValueError, FileNotFoundError) as error:

@@ -43,3 +43,21 @@ def test_multirun_sweep(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = sorted((tmp_path / "multiruns").rglob("metrics.json"))
     assert len(metrics) == 2
+
+
+def test_a_failed_run_in_a_users_folder_removes_only_what_it_created(tmp_path: Path) -> None:
+    folder = tmp_path / "my-experiments"
+    (folder / "notes").mkdir(parents=True)
+    (folder / "notes" / "ideas.md").write_text("keep me")
+    (folder / "results.csv").write_text("a,b\n1,2\n")
+    result = run_cli(tmp_path, *SMALL, "data.batch_size=0", f"hydra.run.dir={folder}")
+    assert result.returncode == 2 and "data.batch_size" in result.stderr
+    assert (folder / "notes" / "ideas.md").read_text() == "keep me"
+    assert (folder / "results.csv").read_text() == "a,b\n1,2\n"
+
+
+def test_a_failed_run_in_its_own_new_folder_leaves_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "runs" / "fresh"
+    result = run_cli(tmp_path, *SMALL, "data.batch_size=0", f"hydra.run.dir={folder}")
+    assert result.returncode == 2
+    assert not folder.exists()
