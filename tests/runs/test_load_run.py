@@ -86,7 +86,7 @@ def test_load_run_by_mlflow_run_id_from_a_fresh_home(saved_run, tmp_path: Path, 
 def test_unknown_source_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="neither a run directory nor an MLflow run id"):
         load_run(tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match="run.json not found"):
+    with pytest.raises(FileNotFoundError, match=r"run\.json not found"):
         load_run(tmp_path)
 
 

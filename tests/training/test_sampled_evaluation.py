@@ -1,7 +1,5 @@
 """``evaluation.sampled_negatives=N`` trains end to end: checkpointing and early stopping follow its labelled key."""
 
-import pytest
-
 from rectorch.training.train import train
 
 
