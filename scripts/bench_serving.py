@@ -114,7 +114,7 @@ def build_bundle(name: str, num_items: int, run_dir: Path | None, out: Path, see
     validation = validate(model, fp32, [probe], OnnxSettings().atol)
     timings["export_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    int8 = quantize_int8(fp32)
+    int8 = quantize_int8(fp32, _feeds(spec, histories(cluster, 1024, rng)))  # calibrated on planted histories
     timings["quantize_s"] = time.perf_counter() - start
     with torch.no_grad():
         vectors = model.item_vectors()[1 : num_items + 1].float().numpy()

@@ -86,8 +86,10 @@ class BERT4RecModule(RecModule):
         return loss
 
     def encode_query(self, history: Tensor) -> Tensor:
+        """The mask token appended after the history; the oldest item gives way only when the history is full,
+        so a history encodes the same unpadded or padded to ``max_len``."""
         mask = torch.full_like(history[:, :1], self.mask_id)
-        return self.encoder(torch.cat([history[:, 1:], mask], dim=1))[:, -1]
+        return self.encoder(torch.cat([history, mask], dim=1)[:, -self.encoder.max_len :])[:, -1]
 
     def item_vectors(self) -> Tensor:
         return self.encoder.item_embedding.weight[: self.spec.num_items + 1]

@@ -14,11 +14,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from rectorch import __version__
 from rectorch.data.catalog import DataCatalog
+from rectorch.interprocess import owner_tags
 from rectorch.models.checkpoint import checkpoint_epoch, load_weights
 from rectorch.runs.record import RunRecord
+from rectorch.training.checks import check_config
 from rectorch.training.console import quiet_console
 from rectorch.training.memory import fix_mmap_threshold
 from rectorch.training.report import print_metrics
+from rectorch.training.resume import RandomStateCheckpoint
 from rectorch.training.timer import TrainTimer
 from rectorch.training.tracking import (
     PARENT_TAG,
@@ -26,6 +29,7 @@ from rectorch.training.tracking import (
     git_commit,
     log_results,
     log_run_config,
+    prepare_store,
     resolved_config,
     sweep_parent,
 )
@@ -66,6 +70,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ``metrics.json`` and the checkpoint its ``run.json`` names.
     """
     quiet_console()
+    check_config(cfg)  # before the seed: its dry build draws random numbers that seeding then resets
     warnings.filterwarnings("ignore", message="MLFlow only allows")  # '@' is dropped from MLflow metric names
     warnings.filterwarnings("ignore", message=".*sync_dist=True")  # evaluation state is reduced before logging
     if cfg.get("seed") is not None:
@@ -78,7 +83,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     context = datamodule.context
 
     timer = TrainTimer()
-    callbacks = [timer, *_instantiate_all(cfg.get("callbacks"))]
+    callbacks = [timer, RandomStateCheckpoint(), *_instantiate_all(cfg.get("callbacks"))]
     loggers: list[Logger] = _instantiate_all(cfg.get("logger"), **_logger_names(cfg, context.spec.name, model.family))
     overrides = {"max_epochs": 1} if model.closed_form else {}
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
@@ -142,12 +147,21 @@ def save_run(
 
 
 def _logger_names(cfg: DictConfig, dataset: str, family: str) -> dict[str, Any]:
-    """MLflow organisation: one experiment per dataset, run name ``<model>-<config hash>``, sweeps nested."""
-    if not any(node and "MLFlowLogger" in str(node.get("_target_", "")) for node in (cfg.get("logger") or {}).values()):
+    """MLflow organisation: one experiment per dataset, run name ``<model>-<config hash>``, sweeps nested.
+
+    The store and the experiment are created here, under an inter-process lock, before the logger touches
+    them; the run is born tagged with this process (host, pid), which lets a later start mark it KILLED.
+    """
+    node = next((n for n in (cfg.get("logger") or {}).values() if n and "MLFlowLogger" in str(n.get("_target_"))), None)
+    if node is None:
         return {}
-    names = {"experiment_name": f"rectorch-{dataset}", "run_name": f"{family}-{config_hash(cfg)}"}
-    parent = sweep_parent(cfg, names["experiment_name"])
-    return names if parent is None else {**names, "tags": {PARENT_TAG: parent}}
+    experiment = f"rectorch-{dataset}"
+    experiment_id = prepare_store(node.tracking_uri, experiment, node.get("artifact_location"))
+    tags = owner_tags()
+    parent = sweep_parent(cfg, node.tracking_uri, experiment_id)
+    if parent is not None:
+        tags[PARENT_TAG] = parent
+    return {"experiment_name": experiment, "run_name": f"{family}-{config_hash(cfg)}", "tags": tags}
 
 
 def _tags(cfg: DictConfig, datamodule: Any, family: str, protocol: dict[str, Any]) -> dict[str, str]:

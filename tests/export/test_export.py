@@ -109,7 +109,7 @@ def test_bundle_is_logged_to_the_mlflow_run(train_run: Callable[..., Path], tmp_
     run_dir = train_run("ease", "mlflow")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     export_cli(run_dir, tmp_path / "bundle", "quality_users=50")
-    client = mlflow.MlflowClient(load_run(run_dir).cfg.paths.mlflow_uri)
+    client = mlflow.MlflowClient(load_run(run_dir).config.paths.mlflow_uri)
     logged = {Path(a.path).name for a in client.list_artifacts(metrics["mlflow_run_id"], "bundle")}
     assert logged >= BUNDLE_FILES
 
@@ -118,7 +118,7 @@ def test_export_needs_exactly_one_run(tmp_path: Path) -> None:
     cfg = compose_config("export", [], tmp_path)
     with pytest.raises(ValueError, match="exactly one"):
         export(cfg)
-    with pytest.raises(FileNotFoundError, match=r"metrics\.json"):
+    with pytest.raises(FileNotFoundError, match=r"run\.json not found"):
         export(compose_config("export", [f"run_dir={tmp_path}"], tmp_path))
 
 

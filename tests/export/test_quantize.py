@@ -20,9 +20,7 @@ from rectorch.serving.encoder import HISTORY_INPUT, build_feed
 from rectorch.serving.manifest import InputSpec
 from tests.export.conftest import compose_config
 
-# BERT4Rec is left out: its fp32 encoder drops the first history column for the mask token, so
-# even fp32 answers change with padding (a model issue, not a quantization one).
-FAMILIES = ["sasrec", "two_tower"]
+FAMILIES = ["sasrec", "bert4rec", "two_tower"]
 TOL = 1e-6  # fp32 itself moves a query by ~2e-7 between padded and unpadded attention
 
 

@@ -164,6 +164,12 @@ class SequenceEncoder(nn.Module):
         xavier_qkv: bool = False,
     ) -> None:
         super().__init__()
+        for name, value in (("dim", dim), ("num_blocks", num_blocks), ("num_heads", num_heads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"encoder.{name} must be a positive integer, got {value!r}")
+        for name, value in (("dropout", dropout), ("attention_dropout", attention_dropout)):
+            if value is not None and not (isinstance(value, int | float) and 0.0 <= value < 1.0):
+                raise ValueError(f"encoder.{name} must lie in [0, 1), got {value!r}")
         if query_norm_only and not pre_norm:
             raise ValueError("query_norm_only is a pre-LN block: it needs pre_norm=true")
         self.num_items, self.max_len, self.dim = num_items, max_len, dim
