@@ -160,7 +160,12 @@ def source(run: Run) -> dict[str, Any]:
 
 
 def log_bundle(bundle_dir: Path, run_id: str, tracking_uri: str) -> None:
-    """Attach the bundle directory to the training run's MLflow run under ``bundle/``."""
+    """Attach the bundle directory to the training run's MLflow run under ``bundle/``, and tag the run with the
+    manifest's sha256 (``bundle.manifest_sha256``: what ``rectorch-serve manifest_sha256=...`` pins)."""
     import mlflow
 
-    mlflow.MlflowClient(tracking_uri).log_artifacts(run_id, str(bundle_dir), "bundle")
+    from rectorch.serving.manifest import manifest_sha256
+
+    client = mlflow.MlflowClient(tracking_uri)
+    client.log_artifacts(run_id, str(bundle_dir), "bundle")
+    client.set_tag(run_id, "bundle.manifest_sha256", manifest_sha256(bundle_dir))

@@ -10,7 +10,7 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 
-from rectorch.serving.manifest import BundleError, read_manifest
+from rectorch.serving.manifest import read_manifest
 from rectorch.serving.settings import ServeSettings, merge, parse_overrides, read_settings_file, serve_settings
 
 USAGE = "rectorch-serve bundle=DIR [--settings FILE] [key=value ...]"
@@ -54,13 +54,20 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     try:
         settings = parse_settings(sys.argv[1:] if argv is None else argv)
-        recommender = Recommender.from_bundle(settings.bundle, settings.recommend, settings.precision, settings.threads)
-    except (ValueError, BundleError, FileNotFoundError) as error:
-        print(f"rectorch-serve: error: {error}", file=sys.stderr)
+        recommender = Recommender.from_bundle(
+            settings.bundle, settings.recommend, settings.precision, settings.threads, settings.manifest_sha256
+        )
+    except (ValueError, OSError) as error:  # BundleError is a ValueError
+        print(f"rectorch-serve: error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(2)
     print(f"rectorch-serve: {dataclasses.asdict(settings)}", file=sys.stderr)
     uvicorn.run(
-        create_app(recommender), host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False
+        create_app(recommender, settings.max_body_bytes),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        server_header=False,
     )
 
 

@@ -7,9 +7,20 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from rectorch.serving.manifest import BundleError, InputSpec
+from rectorch.serving.manifest import BundleError, InputSpec, show
 
 HISTORY_INPUT = "history"
+_ORT_TYPES = {
+    "int64": "tensor(int64)",
+    "int32": "tensor(int32)",
+    "float32": "tensor(float)",
+    "float64": "tensor(double)",
+    "bool": "tensor(bool)",
+}
+
+
+def _first_line(error: Exception) -> str:
+    return show(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__, 200)
 
 
 def session(path: Path | bytes, threads: int = 1) -> ort.InferenceSession:
@@ -32,19 +43,56 @@ class QueryEncoder:
     feature encoding treats as unknown).
 
     Args:
-        path: ONNX file.
+        model: ONNX file, or its bytes (as read and verified from a bundle).
         inputs: the manifest's input specs.
         normalize: L2-normalise outputs (cosine bundles).
         threads: onnxruntime intra-op threads.
+        name: the model's file name, for messages (default: the path's name).
+
+    Raises:
+        BundleError: the model does not load, or its inputs or outputs differ from the manifest's.
     """
 
-    def __init__(self, path: Path, inputs: list[InputSpec], normalize: bool, threads: int = 1) -> None:
-        self.session = session(path, threads)
+    def __init__(
+        self, model: Path | bytes, inputs: list[InputSpec], normalize: bool, threads: int = 1, name: str | None = None
+    ) -> None:
+        self.name = name or (model.name if isinstance(model, Path) else "query encoder")
+        try:
+            self.session = session(model, threads)
+        except Exception as error:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
+            raise BundleError(f"{self.name} is not a loadable ONNX model: {_first_line(error)}") from None
         self.inputs, self.normalize = inputs, normalize
         names = [i.name for i in self.session.get_inputs()]
         if names != [i.name for i in inputs]:
-            raise BundleError(f"{path.name} inputs {names} differ from the manifest's {[i.name for i in inputs]}")
+            raise BundleError(f"{self.name} inputs {names} differ from the manifest's {[i.name for i in inputs]}")
+        for spec, actual in zip(inputs, self.session.get_inputs(), strict=True):
+            if actual.type != _ORT_TYPES[spec.dtype]:
+                raise BundleError(
+                    f"{self.name} input {spec.name!r} is {actual.type}, the manifest's inputs say {spec.dtype}"
+                )
+        if len(self.session.get_outputs()) != 1:
+            raise BundleError(f"{self.name} has {len(self.session.get_outputs())} outputs, serving needs one")
         self.feature_names = {i.name for i in inputs if i.name != HISTORY_INPUT}
+
+    def check(self, model_ids: Sequence[int], dim: int) -> None:
+        """Encode a one-item history per id in ``model_ids``: it must run and give finite ``(n, dim)`` vectors.
+
+        Serving calls this at load with the first and last model item ids, so an ``id_offset`` or ``dim``
+        that does not fit the encoder is refused before any request sees it.
+        """
+        try:
+            queries = self.encode([np.asarray([i], np.int64) for i in model_ids], [None] * len(model_ids))
+        except Exception as error:  # onnxruntime's own exception types
+            raise BundleError(
+                f"{self.name} fails on model item ids {list(model_ids)} (manifest.json id_offset, num_items): "
+                f"{_first_line(error)}"
+            ) from None
+        if queries.shape != (len(model_ids), dim):
+            raise BundleError(
+                f"{self.name} returns query vectors of shape {queries.shape[1:]}, manifest.json says dim={dim}"
+            )
+        if not np.isfinite(queries).all():
+            raise BundleError(f"{self.name} returns non-finite query vectors for model item ids {list(model_ids)}")
 
     def encode(self, histories: Sequence[np.ndarray], features: Sequence[Mapping[str, Any] | None]) -> np.ndarray:
         """Shapes: B histories → ``(B, D)`` float32 query vectors."""

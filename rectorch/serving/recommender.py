@@ -1,5 +1,6 @@
 """``Recommender``: retrieve → filter → re-rank → fallback, from one verified bundle."""
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from rectorch.serving import stages
 from rectorch.serving.catalog import Catalog
 from rectorch.serving.encoder import QueryEncoder
 from rectorch.serving.index import ItemIndex
-from rectorch.serving.manifest import BundleError, Manifest, read_manifest
+from rectorch.serving.manifest import BundleError, Manifest, open_manifest, read_files, show
 from rectorch.serving.settings import RecommendSettings
 
 
@@ -71,8 +72,12 @@ class Recommender:
         settings: RecommendSettings | Mapping[str, Any] | None = None,
         precision: str | None = None,
         threads: int = 1,
+        manifest_sha256: str | None = None,
     ) -> "Recommender":
-        """Verify every file's sha256, then load the encoder, the index and the catalog once.
+        """Read every bundle file once, check its sha256, and build the encoder, index and catalog from those bytes.
+
+        The manifest must match its ``manifest.sha256`` sidecar (and ``manifest_sha256`` when given);
+        the encoder is run once on the first and last item so a bundle that loads can answer.
 
         Args:
             path: bundle directory.
@@ -81,23 +86,35 @@ class Recommender:
                 :class:`RecommendSettings` = exactly these.
             precision: encoder to serve; None = the manifest's choice.
             threads: onnxruntime and FAISS threads.
+            manifest_sha256: pin: refuse a bundle whose manifest has another sha256 (export logs it as the
+                MLflow tag ``bundle.manifest_sha256``).
 
         Raises:
-            BundleError: the bundle is missing, malformed or tampered with.
+            BundleError: the bundle is missing, malformed, changed or tampered with (one line naming the file).
             ValueError: an override names an unknown setting or has a bad value.
         """
-        path = Path(path)
-        manifest = read_manifest(path)
+        root, manifest, _ = open_manifest(path, manifest_sha256)
         if not isinstance(settings, RecommendSettings):
             settings = manifest.recommend_settings(settings)
         precision = precision or manifest.precision
         if precision not in manifest.encoders:
             raise BundleError(f"bundle has no {precision!r} encoder; it has {sorted(manifest.encoders)}")
-        encoder = QueryEncoder(
-            path / manifest.encoders[precision], manifest.inputs, manifest.metric == "cosine", threads
+        blobs = read_files(root, manifest)
+        name = manifest.encoders[precision]
+        encoder = QueryEncoder(blobs[name], manifest.inputs, manifest.metric == "cosine", threads, name)
+        last = manifest.id_offset + manifest.num_items - 1
+        encoder.check([manifest.id_offset, last], manifest.dim)
+        index_file = manifest.index["file"]
+        index = ItemIndex.from_bytes(
+            index_file,
+            blobs.pop(index_file),
+            manifest.index.get("search_params", ""),
+            manifest.num_items,
+            manifest.dim,
+            threads,
         )
-        index = ItemIndex(path / manifest.index["file"], manifest.index.get("search_params", ""), threads)
-        catalog = Catalog.load(path, manifest.item_ids, manifest.items, manifest.categories)
+        ids, items = manifest.item_ids, manifest.items
+        catalog = Catalog.from_bytes((ids, blobs[ids]), (items, blobs[items]), manifest.categories, manifest.num_items)
         return cls(manifest, encoder, index, catalog, settings)
 
     def recommend(
@@ -149,8 +166,8 @@ class Recommender:
         return Recommendation([self.catalog.ids[r] for r in rows], scores.tolist(), ["ann"] * len(rows))
 
     def _check_k(self, k: int) -> None:
-        if not 0 < k <= self.settings.max_k:
-            raise ValueError(f"k must be between 1 and {self.settings.max_k}, got {k}")
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 0 < k <= self.settings.max_k:
+            raise ValueError(f"k must be between 1 and {self.settings.max_k}, got {show(k)}")
 
     def _parse(self, history=(), user_features=None, k=10, exclude=(), filters=None, now=None) -> _Request:
         self._check_k(k)
@@ -163,9 +180,15 @@ class Recommender:
         if unsupported:
             raise ValueError(f"unsupported filters {sorted(unsupported)}; supported: ['category']")
         categories = self.catalog.category_codes(list(filters["category"])) if filters else None
+        unknown_features = sorted(set(user_features or {}) - self.encoder.feature_names)
+        if unknown_features:
+            known = sorted(self.encoder.feature_names)
+            raise ValueError(f"unknown user_features {show(unknown_features[:5])}; the encoder takes {known}")
         has_features = bool(user_features) and bool(self.encoder.feature_names & set(user_features))
         encode = len(rows) > 0 or has_features
         now = time.time() if now is None else float(now)
+        if not math.isfinite(now):
+            raise ValueError(f"now must be finite unix seconds, got {now}")
         return _Request(rows, user_features, k, blocked, categories, now, unknown, encode)
 
     def _answer(self, request: _Request, query: np.ndarray | None, found: np.ndarray | None) -> Recommendation:

@@ -6,6 +6,7 @@ record none), then apply explicit overrides. Unknown keys and ill-typed values r
 """
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -64,6 +65,9 @@ class RecommendSettings:
             raise ValueError("max_k and max_history must be positive")
 
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
 @dataclass
 class ServeSettings:
     """``rectorch-serve`` settings.
@@ -75,6 +79,9 @@ class ServeSettings:
         precision: encoder to serve (``fp32``/``int8``); ``None`` = the manifest's choice.
         threads: onnxruntime and FAISS threads per process.
         log_level: uvicorn log level.
+        max_body_bytes: largest request body accepted; a longer one is answered 413 without being read.
+        manifest_sha256: pin: refuse a bundle whose ``manifest.json`` has another sha256 (export logs the
+            value as the MLflow tag ``bundle.manifest_sha256``); None = trust the bundle's own sidecar.
         recommend: stage knobs (the bundle's recorded ones unless overridden).
     """
 
@@ -84,12 +91,20 @@ class ServeSettings:
     precision: str | None = None
     threads: int = 1
     log_level: str = "warning"
+    max_body_bytes: int = 1_000_000
+    manifest_sha256: str | None = None
     recommend: RecommendSettings = field(default_factory=RecommendSettings)
 
     def __post_init__(self) -> None:
         _check_types(self)
-        if not 0 < self.port < 65536 or self.threads <= 0:
-            raise ValueError(f"port must lie in 1..65535 and threads be positive, got {self.port} and {self.threads}")
+        if not 0 < self.port < 65536 or not 0 < self.threads <= 256:
+            raise ValueError(f"port must lie in 1..65535 and threads in 1..256, got {self.port} and {self.threads}")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {list(LOG_LEVELS)}, got {self.log_level!r}")
+        if not 1024 <= self.max_body_bytes <= 1 << 30:
+            raise ValueError(f"max_body_bytes must lie in [1024, {1 << 30}], got {self.max_body_bytes}")
+        if self.manifest_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.manifest_sha256):
+            raise ValueError(f"manifest_sha256 must be 64 lowercase hex digits, got {self.manifest_sha256!r}")
 
 
 def _accepts(kind: Any, value: Any) -> bool:

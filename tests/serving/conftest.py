@@ -1,5 +1,6 @@
 """A tiny torch-free bundle: an ``onnx.helper`` mean-of-embeddings encoder over 60 clustered items."""
 
+import json
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -14,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from rectorch.serving.bundle import flat_index, write_bundle
 from rectorch.serving.catalog import Catalog
-from rectorch.serving.manifest import InputSpec
+from rectorch.serving.manifest import MANIFEST_FILE, MANIFEST_SHA256_FILE, InputSpec, sidecar_text
 from rectorch.serving.settings import RecommendSettings
 
 NUM_ITEMS, DIM, HISTORY = 60, 8, 5
@@ -75,6 +76,13 @@ def build_bundle(path: Path, serving: RecommendSettings | None = None) -> Path:
         serving=serving,
     )
     return path
+
+
+def rewrite_manifest(path: Path, raw: dict | bytes) -> None:
+    """Replace the bundle's manifest and its sidecar hash, as a (buggy or older) writer would have written them."""
+    data = raw if isinstance(raw, bytes) else json.dumps(raw).encode()
+    (path / MANIFEST_FILE).write_bytes(data)
+    (path / MANIFEST_SHA256_FILE).write_text(sidecar_text(data))
 
 
 # non-default stage settings recorded by a bundle (as an export with these settings would)

@@ -3,10 +3,12 @@
 It serves the bundle recording ``TUNED`` settings with one command-line override (``max_k``).
 """
 
+import http.client
 import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -14,7 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
 
+from rectorch.serving import Recommender
+from rectorch.serving.app import create_app
 from tests.serving.conftest import TUNED
 
 
@@ -73,6 +78,28 @@ def test_endpoints(server: str) -> None:
     assert urllib.request.urlopen(f"{server}/openapi.json", timeout=10).status == 200
 
 
+def test_server_limits(server: str) -> None:
+    """The default 1 MB body limit, strict ``k`` and ids, and a connection that survives each bad request."""
+    host, port = server.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    bodies = [
+        (b'{"history": ["' + b"x" * 1_000_000 + b'"]}', 413, "request body exceeds 1000000 bytes"),
+        (b'{"history": ["i1\\ud800"]}', 422, "body.history.0: Input should be a valid string: it holds a lone UTF-16"),
+        (b'{"history": ["i1"], "k": true}', 422, "body.k: Input should be a valid integer"),
+        (b'{"history": ["i1"], "filters": {"category": []}}', 422, "body.filters.category: List should have at least"),
+        (b'{"history": ["i1"], "now": NaN}', 422, "body.now: Input should be a finite number"),
+    ]
+    for body, status, error in bodies:
+        connection.request("POST", "/recommend", body=body, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        answer = response.read()
+        assert response.status == status and json.loads(answer)["error"].startswith(error) and len(answer) < 2000
+        connection.request("GET", "/healthz")  # the same connection still answers
+        health = connection.getresponse()
+        assert (health.status, json.loads(health.read())) == (200, {"status": "ok", "items": 60})
+    connection.close()
+
+
 @pytest.mark.parametrize(
     ("path", "body", "status", "message"),
     [
@@ -93,3 +120,36 @@ def test_bad_input_is_a_clear_4xx(server: str, path: str, body: bytes | None, st
     code, answer = call(f"{server}{path}", body, "POST" if body is not None else "GET")
     assert code == status
     assert message in json.dumps(answer)
+
+
+class Broken(Recommender):
+    """A recommender whose ``similar_items`` fails the way a bug would."""
+
+    def similar_items(self, item_id: str, k: int = 10):
+        raise RuntimeError(f"secret internal state for {item_id}")
+
+
+def test_an_unexpected_error_is_a_500_without_the_traceback(bundle: Path) -> None:
+    """The app's own handler answers; the client sees neither the message nor a traceback, and the server goes on."""
+    broken = Broken.from_bundle(bundle)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(broken), host="127.0.0.1", port=port, log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/items/i1/similar")
+        response = connection.getresponse()
+        body = response.read()
+        assert (response.status, json.loads(body)) == (500, {"error": "internal error", "detail": "internal error"})
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        headers = {"Content-Type": "application/json"}
+        connection.request("POST", "/recommend", body=b'{"history": ["i1"], "k": 2}', headers=headers)
+        response = connection.getresponse()
+        assert response.status == 200 and len(json.loads(response.read())["items"]) == 2
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

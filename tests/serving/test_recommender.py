@@ -89,6 +89,11 @@ def test_similar_items_and_batches(plain: Recommender) -> None:
         ({"history": ["i1"] * 20000}, "at most"),
         ({"filters": {"brand": ["x"]}}, "unsupported filters"),
         ({"filters": {"category": ["opera"]}}, "unknown categories"),
+        ({"filters": {"category": []}}, "names no category"),
+        ({"k": True}, "k must be between 1 and 1000, got True"),
+        ({"k": 2.0}, "k must be between 1 and 1000, got 2.0"),
+        ({"user_features": {"age": 3}}, r"unknown user_features \['age'\]; the encoder takes \[\]"),
+        ({"history": ["i1"], "now": float("nan")}, "now must be finite"),
     ],
 )
 def test_bad_requests_raise_value_errors(plain: Recommender, kwargs: dict, message: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from rectorch.serving import BundleError, Recommender, RecommendSettings, ServeSettings, read_manifest
 from rectorch.serving.cli import main, parse_settings
-from tests.serving.conftest import TUNED
+from tests.serving.conftest import TUNED, rewrite_manifest
 
 HISTORY = ["i0", "i3", "i6"]  # three items of category cluster 0
 
@@ -24,7 +24,7 @@ def old_bundle(bundle: Path, tmp_path: Path) -> Path:
     copy = Path(shutil.copytree(bundle, tmp_path / "old"))
     raw = json.loads((copy / "manifest.json").read_text())
     del raw["serving"]
-    (copy / "manifest.json").write_text(json.dumps(raw))
+    rewrite_manifest(copy, raw)
     return copy
 
 
@@ -79,6 +79,11 @@ def test_a_settings_file_sits_between_the_bundle_and_the_command_line(tuned_bund
         ("port=http", "setting 'port' must be int"),
         ("recommend=7", "'recommend' must be a mapping"),
         ("bundle", "key=value"),
+        ("max_body_bytes=10", r"max_body_bytes must lie in \[1024, 1073741824\], got 10"),
+        ("max_body_bytes=true", "setting 'max_body_bytes' must be int, got True"),
+        ("manifest_sha256=abc", "manifest_sha256 must be 64 lowercase hex digits, got 'abc'"),
+        ("log_level=loud", "log_level must be one of"),
+        ("threads=0", "threads in 1..256"),
     ],
 )
 def test_bad_cli_settings_raise_a_value_error_naming_them(tuned_bundle: Path, argument: str, message: str) -> None:
@@ -103,7 +108,7 @@ def test_malformed_recorded_settings_are_a_bundle_error(tuned_bundle: Path, tmp_
     copy = Path(shutil.copytree(tuned_bundle, tmp_path / "copy"))
     raw = json.loads((copy / "manifest.json").read_text())
     raw["serving"]["recommend"]["mmr_lambdaa"] = 0.5
-    (copy / "manifest.json").write_text(json.dumps(raw))
+    rewrite_manifest(copy, raw)
     with pytest.raises(BundleError, match="recorded settings: unknown setting 'mmr_lambdaa'"):
         Recommender.from_bundle(copy)
     with pytest.raises(BundleError, match="mmr_lambdaa"):
