@@ -1,6 +1,7 @@
 """Read finished rectorch training runs back from an MLflow tracking store."""
 
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -11,11 +12,14 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
+from rectorch.interprocess import mark_killed_runs, retry_busy
 from rectorch.resolvers import rectorch_home
 
 EXPERIMENT_PREFIX = "rectorch-"
 SWEEP_TAG = "rectorch.sweep_dir"
 PARENT_TAG = "mlflow.parentRunId"
+
+log = logging.getLogger(__name__)
 
 
 class StoreError(Exception):
@@ -96,10 +100,32 @@ def _experiment_ids(client: MlflowClient, names: list[str] | None) -> dict[str, 
     return {existing[name]: name for name in names}
 
 
-def _filter_string(tags: dict[str, str]) -> str:
-    clauses = ["attributes.status = 'FINISHED'"]
+def _filter_string(tags: dict[str, str], status: str = "= 'FINISHED'") -> str:
+    clauses = [f"attributes.status {status}"]
     clauses += [f"tags.`{key}` = '{value}'" for key, value in sorted(tags.items())]
     return " and ".join(clauses)
+
+
+def unfinished_runs(client: MlflowClient, experiment_ids: list[str], tags: dict[str, str] | None = None) -> list[Run]:
+    """Training runs that are not FINISHED (RUNNING, KILLED, FAILED, SCHEDULED), after marking as KILLED
+    every RUNNING run whose process on this host is gone. Sweep parents are left out."""
+    try:
+        mark_killed_runs(client, experiment_ids)
+    except MlflowException as error:  # a read-only store: the runs are still listed, as RUNNING
+        log.warning("rectorch-compare: note: could not mark dead runs KILLED: %s", str(error).splitlines()[0])
+    query = _filter_string(tags or {}, status="!= 'FINISHED'")
+    runs = retry_busy(lambda: client.search_runs(experiment_ids, query, order_by=["attributes.start_time DESC"]))
+    return [run for run in runs if SWEEP_TAG not in run.data.tags]
+
+
+def _note_unfinished(runs: list[Run]) -> None:
+    """One line on stderr per status, naming the runs the leaderboard leaves out."""
+    by_status: dict[str, list[str]] = {}
+    for run in runs:
+        by_status.setdefault(run.info.status, []).append(f"{run.info.run_name} ({run.info.run_id[:8]})")
+    for status, names in sorted(by_status.items()):
+        shown = ", ".join(names[:10]) + (f", ... {len(names) - 10} more" if len(names) > 10 else "")
+        log.warning("rectorch-compare: note: %d %s run(s) not in the leaderboard: %s", len(names), status, shown)
 
 
 def _download_json(client: MlflowClient, run_id: str, path: str) -> dict[str, Any] | None:
@@ -144,6 +170,9 @@ def load_runs(
 ) -> list[RunSummary]:
     """Finished training runs (those that wrote ``metrics.json``), newest first.
 
+    Runs that did not finish are left out with a note (a logged warning) naming them by status; a RUNNING
+    run whose process on this host is gone (killed without a chance to close) is marked KILLED first.
+
     Args:
         tracking_uri: the store; default :func:`default_tracking_uri`.
         experiments: experiment names; default every ``rectorch-*`` experiment.
@@ -156,6 +185,7 @@ def load_runs(
     ids = _experiment_ids(client, experiments)
     if not ids:
         return []
+    _note_unfinished(unfinished_runs(client, list(ids), tags))
     runs = client.search_runs(list(ids), _filter_string(tags or {}), order_by=["attributes.start_time DESC"])
     summaries = (_summary(client, run, ids[run.info.experiment_id]) for run in runs)
     return [summary for summary in summaries if summary is not None]

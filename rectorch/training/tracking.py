@@ -11,6 +11,8 @@ from hydra.types import RunMode
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
+from rectorch.interprocess import file_lock, retry_busy
+
 PARAM_LIMIT = 6000  # MLflow 3 rejects longer param values; the full config is also an artifact
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests a run under this parent
 SWEEP_TAG = "rectorch.sweep_dir"
@@ -76,31 +78,27 @@ def git_commit() -> str:
         return "unknown"
 
 
-def sweep_parent(cfg: DictConfig, experiment_name: str) -> str | None:
-    """Under ``--multirun``, the id of the sweep's parent run in ``experiment_name``, else ``None``.
+def sweep_parent(cfg: DictConfig, tracking_uri: str, experiment_id: str) -> str | None:
+    """Under ``--multirun``, the id of the sweep's parent run in ``experiment_id``, else ``None``.
 
     The first job of a sweep creates the parent (named ``sweep-<sweep dir name>``, tagged with the sweep
     dir); later jobs find it by that tag, so a sweep over several datasets gets one parent per experiment.
+    Find-or-create holds a lock in the sweep dir, so parallel jobs (``hydra/launcher=joblib``) share one.
     """
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
     from mlflow import MlflowClient
 
-    node = next(n for n in cfg.logger.values() if n and "MLFlowLogger" in str(n.get("_target_", "")))
     sweep_dir = str(HydraConfig.get().sweep.dir)
-    client = MlflowClient(node.tracking_uri)
-    experiment = client.get_experiment_by_name(experiment_name)
-    experiment_id = (
-        experiment.experiment_id
-        if experiment
-        else client.create_experiment(experiment_name, node.get("artifact_location"))
-    )
-    found = client.search_runs([experiment_id], f"tags.`{SWEEP_TAG}` = '{sweep_dir}'", max_results=1)
-    if found:
-        return found[0].info.run_id
-    return client.create_run(
-        experiment_id, run_name=f"sweep-{Path(sweep_dir).name}", tags={SWEEP_TAG: sweep_dir}
-    ).info.run_id
+    client = MlflowClient(tracking_uri)
+    with file_lock(Path(sweep_dir) / ".mlflow-parent.lock"):
+        query = f"tags.`{SWEEP_TAG}` = '{sweep_dir}'"
+        found = retry_busy(lambda: client.search_runs([experiment_id], query, max_results=1))
+        if found:
+            return found[0].info.run_id
+        tags = {SWEEP_TAG: sweep_dir}
+        name = f"sweep-{Path(sweep_dir).name}"
+        return retry_busy(lambda: client.create_run(experiment_id, run_name=name, tags=tags)).info.run_id
 
 
 def log_run_config(logger: MLFlowLogger, cfg: DictConfig, tags: dict[str, str], output_dir: Path) -> None:
@@ -109,10 +107,11 @@ def log_run_config(logger: MLFlowLogger, cfg: DictConfig, tags: dict[str, str], 
 
     resolved = resolved_config(cfg)
     params = [Param(k, v[:PARAM_LIMIT]) for k, v in sorted(flatten(resolved).items())]
-    client, run_id = logger.experiment, logger.run_id
+    client = retry_busy(lambda: logger.experiment)  # creates the run
+    run_id = logger.run_id
     for start in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[start : start + 100])
-    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        retry_busy(lambda start=start: client.log_batch(run_id, params=params[start : start + 100]))
+    retry_busy(lambda: client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
     config_path = output_dir / "config.yaml"
     config_path.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
     client.log_artifact(run_id, str(config_path))
@@ -128,4 +127,4 @@ def log_results(logger: MLFlowLogger, files: list[Path], checkpoint: str | None)
         client.log_artifact(run_id, checkpoint, artifact_path="checkpoints")
     parent = (logger.tags or {}).get(PARENT_TAG)
     if parent:
-        client.set_terminated(parent)
+        retry_busy(lambda: client.set_terminated(parent))

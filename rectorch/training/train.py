@@ -22,6 +22,7 @@ from rectorch.training.console import quiet_console
 from rectorch.training.memory import fix_mmap_threshold
 from rectorch.training.report import print_metrics
 from rectorch.training.resume import RandomStateCheckpoint
+from rectorch.training.store import prepare_store
 from rectorch.training.timer import TrainTimer
 from rectorch.training.tracking import (
     PARENT_TAG,
@@ -29,7 +30,6 @@ from rectorch.training.tracking import (
     git_commit,
     log_results,
     log_run_config,
-    prepare_store,
     resolved_config,
     sweep_parent,
 )
