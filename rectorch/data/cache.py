@@ -2,7 +2,9 @@
 
 The file holds plain arrays only (no pickle): ids and vocabularies as unicode arrays, feature columns under
 ``item.col.<name>`` / ``user.col.<name>``, and a JSON ``meta`` string with names, kinds and sizes. It is
-written to a temporary file in the same folder and moved into place, so a crash never leaves half a cache.
+written to a temporary file in the same folder and moved into place, so a crash never leaves half a cache
+entry; writers of one entry take turns under a file lock (``.<entry>.lock``, removed when done), and each
+removes the temporary files that a killed writer left behind.
 """
 
 import hashlib
@@ -18,6 +20,7 @@ import numpy as np
 
 from rectorch.data.prepared import FeatureTable, PreparedDataset
 from rectorch.data.spec import FeatureSpec
+from rectorch.interprocess import file_lock
 
 CACHE_VERSION = 1
 TABLES = ("item", "user")
@@ -39,16 +42,19 @@ def file_digest(path: Path) -> str:
 
 
 def fingerprint(source: Any, preprocessing: Configured) -> str:
-    """sha256 over the source class, its data arguments, the preprocessing and its files' content.
+    """sha256 over the source class, its data arguments, the preprocessing and its files' names and content.
 
-    File locations are left out on purpose: the same files anywhere give the same fingerprint.
+    File folders are left out on purpose: the same files anywhere give the same fingerprint. File names are in,
+    since a reader may parse by them (a ``.tsv`` suffix picks the tab separator, ``.gz`` the decompressor).
     """
+    files = [Path(p) for p in source.files()]
     payload = {
         "version": CACHE_VERSION,
         "source": f"{type(source).__module__}.{type(source).__qualname__}",
         "config": source.config(),
         "preprocessing": preprocessing.config(),
-        "files": [file_digest(Path(p)) for p in source.files()],
+        "files": [file_digest(p) for p in files],
+        "names": [p.name for p in files],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -74,15 +80,33 @@ def save_prepared(dataset: PreparedDataset, path: Path) -> None:
     meta["category_feature"] = dataset.category_feature
     arrays["meta"] = np.array(json.dumps(meta))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with file_lock(path.with_name(f".{path.name}.lock"), remove=True):
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # only the lock holder writes: these are dead
+            stale.unlink(missing_ok=True)
+        if _holds(path, dataset.fingerprint):  # another process wrote it while this one prepared
+            return
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is a plain shared file
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _holds(path: Path, fingerprint: str) -> bool:
+    """Whether ``path`` is a complete entry for ``fingerprint``: every member's CRC checks, ``meta`` matches."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is a plain shared file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with zipfile.ZipFile(path) as archive:
+            if archive.testzip() is not None:
+                return False
+            with archive.open("meta.npy") as member:
+                meta = np.lib.format.read_array(member, allow_pickle=False)
+        return json.loads(str(meta))["fingerprint"] == fingerprint
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+        return False
 
 
 def load_prepared(path: Path, fingerprint: str) -> PreparedDataset | None:
@@ -93,12 +117,12 @@ def load_prepared(path: Path, fingerprint: str) -> PreparedDataset | None:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
         meta = json.loads(str(arrays["meta"]))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        if meta["fingerprint"] != fingerprint:
+            return None
+        tables = {name: _table(arrays, name, meta["kinds"][name]) for name in TABLES}
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:
         log.warning("ignoring unreadable cache %s: %s", path, err)
         return None
-    if meta["fingerprint"] != fingerprint:
-        return None
-    tables = {name: _table(arrays, name, meta["kinds"][name]) for name in TABLES}
     return PreparedDataset(
         name=meta["name"],
         fingerprint=meta["fingerprint"],

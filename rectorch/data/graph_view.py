@@ -8,10 +8,13 @@ one node list ordered so that every layer's target nodes are a prefix of its sou
 """
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from rectorch.data.arguments import positive_int
+from rectorch.data.cells import short
 from rectorch.data.csr import Csr
 from rectorch.data.prepared import FeatureTable
 from rectorch.data.random_walks import BipartiteGraph, RandomWalks
@@ -72,11 +75,16 @@ class GraphView:
         history_len: int = 50,
         seed: int = 0,
     ) -> None:
-        lo, hi = hard_ranks
-        if not 0 <= lo < hi:
-            raise ValueError(f"hard_ranks must be 0 <= lo < hi, got {hard_ranks}")
-        if min(num_layers, window, history_len) <= 0 or min(num_negatives, num_hard) < 0:
-            raise ValueError("num_layers, window and history_len must be positive and negative counts >= 0")
+        ranks = list(hard_ranks) if isinstance(hard_ranks, Sequence) and not isinstance(hard_ranks, str) else []
+        if len(ranks) != 2:
+            raise ValueError(f"hard_ranks must be two ranks [lo, hi], got {short(hard_ranks)}")
+        lo, hi = positive_int("hard_ranks[0]", ranks[0], low=0), positive_int("hard_ranks[1]", ranks[1], low=0)
+        if not lo < hi:
+            raise ValueError(f"hard_ranks must be 0 <= lo < hi, got {short(hard_ranks)}")
+        num_layers, window = positive_int("num_layers", num_layers), positive_int("window", window)
+        history_len = positive_int("history_len", history_len)
+        num_negatives, num_hard = positive_int("num_negatives", num_negatives, 0), positive_int("num_hard", num_hard, 0)
+        seed = positive_int("seed", seed, low=0)
         if walks.top_k != inference_walks.top_k:
             raise ValueError("walks and inference_walks must keep the same top_k")
         self.walks, self.inference_walks, self.hard_walks = walks, inference_walks, hard_walks

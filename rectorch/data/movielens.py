@@ -16,9 +16,11 @@ import numpy as np
 import pandas as pd
 
 from rectorch.data import columns as C
+from rectorch.data.cells import one_line, parse_numbers, parse_timestamps
 from rectorch.data.errors import DataError
 from rectorch.data.raw import RawData
-from rectorch.data.sources import data_config, find_file, read_pairs
+from rectorch.data.sources import data_config
+from rectorch.data.tables import DECOMPRESS_ERRORS, find_file, read_pairs
 
 ML100K_GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
@@ -36,16 +38,34 @@ def download_hint(name: str, root: Path) -> str:
 def read_delimited(path: Path, names: list[str], sep: str = "::", encoding: str = "latin-1") -> pd.DataFrame:
     """Read a headerless MovieLens file (``::`` or ``|`` separated, optionally gzipped) as text columns."""
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding=encoding) as f:
-        text = f.read()
+    try:
+        with opener(path, "rt", encoding=encoding) as f:
+            text = f.read()
+    except DECOMPRESS_ERRORS as err:
+        raise DataError(f"{path}: cannot read ({type(err).__name__}: {one_line(err)}); truncated or corrupt?") from err
     text = text.replace(sep, "\x1f")  # the fast C parser takes one-character separators only
-    frame = pd.read_csv(
-        io.StringIO(text), sep="\x1f", names=names, header=None, dtype=str,
-        quoting=csv.QUOTE_NONE, keep_default_na=False,
-    )  # fmt: skip
+    try:
+        frame = pd.read_csv(
+            io.StringIO(text), sep="\x1f", names=names, header=None, dtype=str,
+            quoting=csv.QUOTE_NONE, keep_default_na=False, index_col=False,
+        )  # fmt: skip
+    except pd.errors.EmptyDataError as err:
+        raise DataError(f"{path}: file is empty") from err
+    except pd.errors.ParserError as err:
+        raise DataError(f"{path}: expected {len(names)} {sep!r}-separated fields per line: {one_line(err)}") from err
     if frame.empty:
         raise DataError(f"{path}: file is empty")
     return frame
+
+
+def typed_ratings(ratings: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """A ratings table with float ratings and int64 timestamps; a bad cell raises a DataError naming it."""
+    return ratings.assign(
+        **{
+            C.RATING: parse_numbers(ratings[C.RATING], path, C.RATING),
+            C.TIME: parse_timestamps(ratings[C.TIME], path, C.TIME),
+        }
+    )
 
 
 def title_tokens(titles: pd.Series, min_count: int = 2) -> pd.Series:
@@ -75,7 +95,8 @@ def ml1m_movies(path: Path) -> pd.DataFrame:
 def ml1m_users(path: Path) -> pd.DataFrame:
     """``users.dat`` -> user features indexed by original UserID (str); age and occupation are codes."""
     users = read_delimited(path, ["user", "gender", "age", "occupation", "zip"]).set_index("user")
-    return users[["gender", "age", "occupation"]].astype({"age": int, "occupation": int})
+    codes = {col: parse_numbers(users[col], path, col).astype(np.int64) for col in ("age", "occupation")}
+    return users[["gender"]].assign(**codes)
 
 
 def ml100k_items(path: Path) -> pd.DataFrame:
@@ -93,7 +114,7 @@ def ml100k_items(path: Path) -> pd.DataFrame:
 def ml100k_users(path: Path) -> pd.DataFrame:
     """``u.user`` -> user features indexed by user id (str); ages bucketed like ML-1M."""
     users = read_delimited(path, ["user", "age", "gender", "occupation", "zip"], sep="|").set_index("user")
-    age = AGE_LABELS[np.searchsorted(AGE_EDGES, users["age"].astype(int).to_numpy(), side="right")]
+    age = AGE_LABELS[np.searchsorted(AGE_EDGES, parse_numbers(users["age"], path, "age"), side="right")]
     return pd.DataFrame({"gender": users["gender"], "age": age, "occupation": users["occupation"]})
 
 
@@ -183,10 +204,9 @@ class MovieLens1MRatingsSource:
     def load(self) -> RawData:
         files = self.files()
         ratings = read_delimited(files[0], [C.USER, C.ITEM, C.RATING, C.TIME])
-        interactions = ratings.astype({C.RATING: float, C.TIME: np.int64})
         return RawData(
             name="ml1m_raw",
-            interactions=interactions,
+            interactions=typed_ratings(ratings, files[0]),
             user_features=ml1m_users(files[1]),
             item_features=ml1m_movies(files[2]),
             files=files,
@@ -219,7 +239,7 @@ class MovieLens100KSource:
         ratings = read_delimited(files[0], [C.USER, C.ITEM, C.RATING, C.TIME], sep="\t")
         return RawData(
             name="ml100k",
-            interactions=ratings.astype({C.RATING: float, C.TIME: np.int64}),
+            interactions=typed_ratings(ratings, files[0]),
             user_features=ml100k_users(files[1]),
             item_features=ml100k_items(files[2]),
             files=files,

@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 
 from rectorch.data import columns as C
+from rectorch.data.cells import clean_ids, parse_numbers, parse_timestamps, short
 from rectorch.data.errors import DataError
 from rectorch.data.raw import RawData
+from rectorch.data.tables import find_file, is_text_file, read_pairs, read_table, require_columns, text_separator
 
-TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
-COMPRESSIONS = ("", ".gz", ".bz2", ".xz", ".zip")
 #: ``time_col`` value that keeps file order on purpose (Hydra reads ``none``/``None`` as this text)
 FILE_ORDER = "none"
 TIME_NAMES = {"timestamp", "time", "ts", "date", "datetime", "event_time", "created_at", "updated_at", "epoch"}
@@ -42,96 +42,6 @@ class Source(Protocol):
 def data_config(source: Any, *locations: str) -> dict[str, Any]:
     """A dataclass source's arguments minus its file locations (their content is hashed instead)."""
     return {k: v for k, v in dataclasses.asdict(source).items() if k not in locations}
-
-
-def find_file(candidates: Sequence[Path], hint: str = "") -> Path:
-    """Return the first existing path, or raise a DataError listing every path tried and how to get it."""
-    for path in candidates:
-        if path.is_file():
-            return path
-    tried = " or ".join(str(p) for p in candidates)
-    raise DataError(f"file not found: {tried}. {hint}".strip())
-
-
-def read_pairs(path: Path) -> pd.DataFrame:
-    """Read a ``user item`` per line file (SASRec/BERT4Rec layout, optionally gzipped) in file order."""
-    try:
-        frame = pd.read_csv(path, sep=" ", header=None, names=[C.USER, C.ITEM], dtype=np.int64)
-    except (ValueError, pd.errors.ParserError) as err:
-        raise DataError(f"{path}: expected two integer ids per line ('user item'): {err}") from err
-    if frame.empty:
-        raise DataError(f"{path}: file has no interactions")
-    return frame
-
-
-def read_table(path: Path, sep: str | None = None, str_cols: Sequence[str] = ()) -> pd.DataFrame:
-    """Read a CSV/TSV/TXT (optionally compressed) or Parquet file; ``str_cols`` are read as text."""
-    name = path.name.lower()
-    if not path.is_file():
-        raise DataError(f"file not found: {path}")
-    if name.endswith(".parquet"):
-        frame = pd.read_parquet(path)
-    elif any(name.endswith(s + z) for s in TEXT_SUFFIXES for z in COMPRESSIONS):
-        sep = sep or ("\t" if ".tsv" in name else ",")
-        try:
-            frame = pd.read_csv(path, sep=sep, dtype=dict.fromkeys(str_cols, str))
-        except pd.errors.EmptyDataError as err:
-            raise DataError(f"{path}: file is empty") from err
-        except pd.errors.ParserError as err:
-            raise DataError(f"{path}: cannot parse with sep={sep!r}: {err}") from err
-    else:
-        raise DataError(f"{path}: unsupported file type; use .csv, .tsv, .txt (optionally .gz) or .parquet")
-    if frame.empty:
-        raise DataError(f"{path}: file has a header but no rows")
-    return frame
-
-
-def require_columns(frame: pd.DataFrame, wanted: Sequence[str], path: Path) -> None:
-    """Raise a DataError naming the missing columns and the ones found."""
-    missing = [c for c in wanted if c not in frame.columns]
-    if missing:
-        found = [str(c) for c in frame.columns]
-        hint = " (one column only: is `sep` right?)" if len(found) == 1 else ""
-        raise DataError(f"{path}: column(s) {missing} not found; columns found: {found}{hint}")
-
-
-def clean_ids(values: pd.Series, path: Path, column: str) -> pd.Series:
-    """Ids as str; NaN or blank ids raise a DataError with the count and first bad row (1-based)."""
-    if pd.api.types.is_float_dtype(values) and values.dropna().mod(1).eq(0).all():
-        values = values.astype("Int64")
-    text = values.astype(str).str.strip()
-    bad = values.isna().to_numpy() | (text == "").to_numpy()
-    if bad.any():
-        raise DataError(
-            f"{path}: column '{column}' has {int(bad.sum())} empty or missing id(s); "
-            f"first at data row {int(np.argmax(bad)) + 1}"
-        )
-    return text
-
-
-def parse_numbers(values: pd.Series, path: Path, column: str) -> np.ndarray:
-    """Float column; missing or non-numeric values raise a DataError showing the first one."""
-    numbers = pd.to_numeric(values, errors="coerce")
-    _raise_on_bad(numbers.isna().to_numpy(), values, path, column, "missing or non-numeric value(s)")
-    return numbers.to_numpy(np.float64)
-
-
-def parse_timestamps(values: pd.Series, path: Path, column: str) -> np.ndarray:
-    """Integer seconds from numbers (seconds) or ISO/other datetime strings (naive = UTC)."""
-    if pd.api.types.is_integer_dtype(values):
-        return values.to_numpy(np.int64)
-    if pd.api.types.is_datetime64_any_dtype(values):
-        values = values.astype(str)
-    seconds = pd.to_numeric(values, errors="coerce")
-    text = seconds.isna() & values.notna()
-    if text.any():
-        dates = pd.to_datetime(values[text], errors="coerce", utc=True, format="ISO8601")
-        retry = dates.isna()
-        if retry.any():
-            dates[retry] = pd.to_datetime(values[text][retry], errors="coerce", utc=True, format="mixed")
-        seconds[text] = (dates - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
-    _raise_on_bad(seconds.isna().to_numpy(), values, path, column, "missing or unparseable timestamp(s)")
-    return np.floor(seconds.to_numpy(np.float64)).astype(np.int64)
 
 
 def looks_like_time(values: pd.Series, name: str) -> bool:
@@ -160,15 +70,6 @@ def refuse_unchosen_time(frame: pd.DataFrame, path: Path, used: Sequence[str]) -
                 f"would be ordered by their position in the file; pass data.time_col={column} to order by it, "
                 f"or data.time_col={FILE_ORDER} to keep file order"
             )
-
-
-def _raise_on_bad(bad: np.ndarray, values: pd.Series, path: Path, column: str, what: str) -> None:
-    if bad.any():
-        first = int(np.argmax(bad))
-        raise DataError(
-            f"{path}: column '{column}' has {int(bad.sum())} {what}; "
-            f"first at data row {first + 1}: {values.iloc[first]!r}"
-        )
 
 
 @dataclasses.dataclass
@@ -207,6 +108,16 @@ class InteractionsFileSource:
         self.path = Path(self.path)
         self.item_features_path = Path(self.item_features_path) if self.item_features_path else None
         self.multi_value_cols = list(self.multi_value_cols)
+        roles = {"user_col": self.user_col, "item_col": self.item_col, "rating_col": self.rating_col}
+        if not self.file_order:
+            roles["time_col"] = self.time_col
+        named = [(key, col) for key, col in roles.items() if col is not None]
+        for i, (key, col) in enumerate(named):
+            for other, other_col in named[i + 1 :]:
+                if str(col) == str(other_col):
+                    raise ValueError(f"data.{key} and data.{other} name the same column {short(col)}")
+        if not isinstance(self.multi_value_sep, str) or not self.multi_value_sep:
+            raise ValueError(f"data.multi_value_sep must be a non-empty string, got {short(self.multi_value_sep)}")
 
     def files(self) -> list[Path]:
         paths = [self.path] + ([self.item_features_path] if self.item_features_path else [])
@@ -221,6 +132,10 @@ class InteractionsFileSource:
         config = data_config(self, "path", "item_features_path")
         if self.file_order:
             config["time_col"] = None  # the same data as an unset time column on a file without one
+        # the separator a text file is actually read with (inferred from the file name when unset)
+        config["sep"] = text_separator(self.path, self.sep) if is_text_file(self.path) else None
+        if self.item_features_path is not None and is_text_file(self.item_features_path):
+            config["item_features_sep"] = text_separator(self.item_features_path, self.sep)
         return config
 
     def load(self) -> RawData:

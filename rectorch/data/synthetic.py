@@ -15,6 +15,8 @@ No user sees an item twice.
 """
 
 import dataclasses
+import math
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,8 @@ import numpy as np
 import pandas as pd
 
 from rectorch.data import columns as C
+from rectorch.data.arguments import positive_int
+from rectorch.data.cells import short
 from rectorch.data.raw import RawData
 
 AGE_BUCKETS = np.array(["18-24", "25-34", "35-44", "45-54", "55+"])
@@ -54,6 +58,26 @@ class SyntheticSource:
     follow_prob: float = 0.5
     zipf_exponent: float = 1.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("num_users", "num_items", "num_categories", "num_segments", "categories_per_segment"):
+            positive_int(key, getattr(self, key))
+        positive_int("seq_len_mean", self.seq_len_mean)
+        positive_int("seed", self.seed, low=0)
+        if self.num_categories > self.num_items:
+            raise ValueError(f"num_categories ({self.num_categories}) must not exceed num_items ({self.num_items})")
+        if self.categories_per_segment > self.num_categories:
+            raise ValueError(
+                f"categories_per_segment ({self.categories_per_segment}) must not exceed "
+                f"num_categories ({self.num_categories})"
+            )
+        for key, low, high in (("follow_prob", 0.0, 1.0), ("zipf_exponent", 0.0, math.inf)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value <= high:
+                bounds = f"in [{low}, {high}]" if high < math.inf else f">= {low}"
+                raise ValueError(f"{key} must be a number {bounds}, got {short(value)}")
+            if not math.isfinite(value):
+                raise ValueError(f"{key} must be finite, got {short(value)}")
 
     def files(self) -> list[Path]:
         return []

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from rectorch.data.arguments import positive_int
 from rectorch.data.csr import Csr, pad_ranges
 from rectorch.data.prepared import FeatureTable
 from rectorch.data.splits import EvalSet
@@ -65,9 +66,7 @@ class SequenceView:
     """
 
     def __init__(self, max_len: int | None = 200) -> None:
-        if max_len is not None and max_len <= 0:
-            raise ValueError(f"max_len must be a positive number of items or null, got {max_len}")
-        self.max_len = max_len
+        self.max_len = positive_int("max_len", max_len, nullable=True)
 
     @property
     def query_len(self) -> int | None:
@@ -97,9 +96,7 @@ class PairView:
     """
 
     def __init__(self, history_len: int = 50) -> None:
-        if history_len <= 0:
-            raise ValueError(f"history_len must be positive, got {history_len}")
-        self.history_len = history_len
+        self.history_len = positive_int("history_len", history_len)
 
     @property
     def query_len(self) -> int | None:
@@ -135,9 +132,7 @@ class PairView:
         }
 
 
-def eval_dataset(
-    view: ModelView, es: EvalSet, features: tuple[FeatureTable, FeatureTable]
-) -> IndexDataset:
+def eval_dataset(view: ModelView, es: EvalSet, features: tuple[FeatureTable, FeatureTable]) -> IndexDataset:
     """Evaluation batches: ``{"users", "query": view inputs, "targets": (B, T), "seen": (B, S)}`` (0-padded)."""
 
     def build(rows: np.ndarray) -> Batch:

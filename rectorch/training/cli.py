@@ -20,9 +20,28 @@ _HYDRA_OWN = {".hydra", "cli.log"}
 
 
 def _root_cause(error: BaseException) -> BaseException:
-    while error.__cause__ is not None:
-        error = error.__cause__
-    return error
+    """The error whose message the user reads, its text on one line.
+
+    That is the outermost error in the ``__cause__`` chain that rectorch code raised (a DataError or a
+    ValueError, say, that names the file, key and value), not the pandas or Hydra error it wraps; an error
+    that no rectorch code raised falls back to the innermost cause.
+    """
+    package = Path(__file__).resolve().parents[1]
+    chain = [error]
+    while chain[-1].__cause__ is not None and chain[-1].__cause__ not in chain:
+        chain.append(chain[-1].__cause__)
+
+    def raised_by_rectorch(err: BaseException) -> bool:
+        tb = err.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(package)
+
+    chosen = next((e for e in chain if isinstance(e, ValueError) and raised_by_rectorch(e)), chain[-1])
+    text = " ".join(line.strip() for line in str(chosen).splitlines() if line.strip())
+    if text == str(chosen):
+        return chosen
+    return type(type(chosen).__name__, (Exception,), {})(text)  # same name, message on one line
 
 
 def discard_failed_run(output_dir: Path, before: set[str]) -> None:
