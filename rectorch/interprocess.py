@@ -135,3 +135,10 @@ def mark_killed_runs(client: Any, experiment_ids: list[str]) -> list[Any]:
     for run in killed:
         retry_busy(lambda run=run: client.set_terminated(run.info.run_id, "KILLED"))
     return killed
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary sibling and a rename: a reader sees all of it or none."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)

@@ -48,7 +48,7 @@ def main(cfg: DictConfig) -> None:
     datamodule = run.datamodule()
     onboarding = (cfg.cold_start.onboarding_categories, cfg.cold_start.seed_items_per_category)
     report = cold_start_report(
-        run.model, datamodule, run.evaluation(), tuple(cfg.cold_start.known), cfg.cold_start.seed, onboarding
+        run.model, datamodule, run.model.evaluation, tuple(cfg.cold_start.known), cfg.cold_start.seed, onboarding
     )
     report_path = output_dir / "cold_start.json"
     report_path.write_text(json.dumps(report, indent=2))

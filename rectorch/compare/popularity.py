@@ -42,6 +42,7 @@ def recommended_popularity(run: Any, k: int = 10) -> dict[str, Any]:
     from rectorch.evaluation.metrics import popularity_percentile
 
     datamodule, model = run.datamodule(), run.model
+    mask_seen = model.evaluation.mask_seen
     popularity = torch.from_numpy(run.catalog.item_popularity)
     bins = (popularity_percentile(popularity) * NUM_BINS).long().clamp(max=NUM_BINS - 1)[1:]
     counts = torch.zeros(popularity.numel(), dtype=torch.int64)
@@ -50,7 +51,7 @@ def recommended_popularity(run: Any, k: int = 10) -> dict[str, Any]:
         for batch in datamodule.test_dataloader():
             scores = model.encode_query(**batch["query"]) @ items.T
             scores[:, 0] = float("-inf")
-            if run.evaluation().mask_seen:
+            if mask_seen:
                 kept = scores.gather(1, batch["targets"])
                 scores.scatter_(1, batch["seen"], float("-inf")).scatter_(1, batch["targets"], kept)
             counts += torch.bincount(scores.topk(k, dim=1).indices.reshape(-1), minlength=counts.numel())

@@ -5,8 +5,8 @@ re-prepare raw data to learn what item row ``r`` is. Two files: ``catalog.npz`` 
 unicode arrays, read with ``allow_pickle=False``) and ``catalog.json`` (feature kinds and vocabularies).
 """
 
+import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ import numpy as np
 from rectorch.data.context import TrainContext
 from rectorch.data.prepared import FeatureTable, PreparedDataset
 from rectorch.data.spec import FeatureSpec
+from rectorch.interprocess import write_atomic
 
 ARRAYS_FILE, META_FILE = "catalog.npz", "catalog.json"
 SCHEMA_VERSION = 1
@@ -85,13 +86,10 @@ class DataCatalog:
             "item_feature_vocab": self.item_features.vocab,
         }
         arrays_path, meta_path = directory / ARRAYS_FILE, directory / META_FILE
-        partial = directory / f".{ARRAYS_FILE}.{os.getpid()}.partial"
-        with open(partial, "wb") as out:
-            np.savez(out, **arrays)
-        os.replace(partial, arrays_path)
-        partial = directory / f".{META_FILE}.{os.getpid()}.partial"
-        partial.write_text(json.dumps(meta, indent=1))
-        os.replace(partial, meta_path)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        write_atomic(arrays_path, buffer.getvalue())
+        write_atomic(meta_path, json.dumps(meta, indent=1).encode())
         return [arrays_path, meta_path]
 
     @classmethod

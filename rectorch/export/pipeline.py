@@ -123,7 +123,7 @@ def export_run(
     if quantize.enabled:
         calibration, _, _ = _eval_inputs(datamodule, "val", specs, quantize.calibration_users)
         encoders["int8"] = quantize_int8(fp32, serving_feeds(calibration, specs), quantize)
-    evaluation = run.evaluation()
+    evaluation = model.evaluation  # bound by run.datamodule()
     score = evaluator_score(lambda: RankingEvaluator.from_context(evaluation, datamodule.context), table, targets, seen)
     quality = quality_report(encoders, test_inputs, specs, score, faiss_index, quantize)
     log.info("quantization: served %s (%s)", quality["served"], quality["reason"])

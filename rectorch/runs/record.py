@@ -7,12 +7,12 @@ fingerprint and the protocol.
 """
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rectorch.data.spec import DataSpec
+from rectorch.interprocess import write_atomic
 
 RUN_FILE = "run.json"
 SCHEMA_VERSION = 1
@@ -47,9 +47,7 @@ class RunRecord:
         """Write ``run.json`` into ``run_dir`` atomically (a reader never sees half a file)."""
         record = {**asdict(self), "spec": self.spec.as_dict()}
         path = run_dir / RUN_FILE
-        partial = run_dir / f".{RUN_FILE}.{os.getpid()}.partial"
-        partial.write_text(json.dumps(record, indent=2, default=str))
-        os.replace(partial, path)
+        write_atomic(path, json.dumps(record, indent=2, default=str).encode())
         return path
 
     @classmethod

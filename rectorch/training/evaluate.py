@@ -31,7 +31,7 @@ def evaluate_run(source: str | Path, checkpoint: str | Path | None = None) -> di
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
     val = trainer.validate(run.model, datamodule=datamodule, verbose=False)[0]
     test = trainer.test(run.model, datamodule=datamodule, verbose=False)[0]
-    evaluation = run.evaluation()
+    evaluation = run.model.evaluation  # bound by run.datamodule()
     results = {
         "model": run.family,
         "protocol": evaluation.protocol(datamodule.context, "test").as_dict(),
