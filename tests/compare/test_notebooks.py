@@ -31,6 +31,7 @@ def test_notebook_outputs_are_stripped(name: str) -> None:
 
 def test_quickstart_executes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECTORCH_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setenv("RECTORCH_HOME", str(tmp_path))  # the kernel runs in notebooks/: keep its outputs out of it
     notebook = _execute("quickstart.ipynb", timeout=120)
     images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 4
