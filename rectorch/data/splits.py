@@ -69,8 +69,10 @@ class LeaveOneOut:
         held_out[ends - 1] = True
         held_out[ends - 2] = True
         train = full.select(~held_out)
-        val_targets = Csr(np.arange(len(users) + 1, dtype=np.int64), ds.items[ends - 2])
-        test_targets = Csr(np.arange(len(users) + 1, dtype=np.int64), ds.items[ends - 1])
+        one_each = np.arange(len(users) + 1, dtype=np.int64)
+        times = ds.timestamps
+        val_targets = Csr(one_each, ds.items[ends - 2], None if times is None else times[ends - 2])
+        test_targets = Csr(one_each, ds.items[ends - 1], None if times is None else times[ends - 1])
         not_test = np.ones(ds.num_interactions, dtype=bool)
         not_test[ends - 1] = False
         test_history = full.select(not_test).take(users)

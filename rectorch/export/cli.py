@@ -1,5 +1,6 @@
 """``rectorch-export run_dir=<training run>``: the Hydra entry point around :func:`export_run`."""
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -26,26 +27,37 @@ def quiet_export_console() -> None:
 def export(cfg: DictConfig) -> Path:
     """Rebuild the run named by ``cfg``, write its bundle, log it to MLflow; returns the bundle dir."""
     from rectorch.export.pipeline import export_run, log_bundle
+    from rectorch.export.ranking import two_stage_parts
+    from rectorch.ranking.saved import RANKING_DIR, RANKING_FILE
     from rectorch.runs import load_run
     from rectorch.serving.settings import recommend_settings
 
     if bool(cfg.run_dir) == bool(cfg.mlflow_run_id):
         raise ValueError("give exactly one of run_dir=<training run dir> or mlflow_run_id=<id>")
-    run = load_run(cfg.run_dir or cfg.mlflow_run_id, tracking_uri=cfg.paths.mlflow_uri)
-    name = f"{run.family}-{run.spec.name}-{run.run_dir.name}"
+    two_stage = bool(cfg.run_dir) and (Path(cfg.run_dir) / RANKING_DIR / RANKING_FILE).is_file()
+    extra: dict = {}
+    if two_stage:  # the ranker over its run channel's candidates
+        run, extra = two_stage_parts(cfg.run_dir, tracking_uri=cfg.paths.mlflow_uri)
+        name = f"two_stage-{run.spec.name}-{Path(cfg.run_dir).resolve().name}"
+    else:
+        run = load_run(cfg.run_dir or cfg.mlflow_run_id, tracking_uri=cfg.paths.mlflow_uri)
+        name = f"{run.family}-{run.spec.name}-{run.run_dir.name}"
     bundle_dir = Path(cfg.bundle_dir or Path(cfg.paths.export_dir) / name)
     settings = {key: instantiate(cfg.export[key], _convert_="all") for key in ("onnx", "quantize", "index")}
     manifest = export_run(
         run,
         bundle_dir,
         **settings,
-        metric=cfg.metric,
+        metric=extra.pop("metric", cfg.metric),
+        **extra,
         quality_users=cfg.quality_users,
         created_at_feature=cfg.created_at_feature,
         available_feature=cfg.available_feature,
         serving=recommend_settings(overrides=OmegaConf.to_container(cfg.serving), where="export", prefix="serving."),
     )
     run_id = cfg.mlflow_run_id or run.mlflow_run_id
+    if two_stage:
+        run_id = json.loads((Path(cfg.run_dir) / "metrics.json").read_text()).get("mlflow_run_id")
     if cfg.log_to_mlflow and run_id:
         # a run dir logs to the store it was trained with; a run id to the store it was fetched from
         store = cfg.paths.mlflow_uri if cfg.mlflow_run_id else run.config.paths.mlflow_uri

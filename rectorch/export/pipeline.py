@@ -101,11 +101,15 @@ def export_run(
     created_at_feature: str | None = None,
     available_feature: str | None = None,
     serving: RecommendSettings | None = None,
+    ranking: dict[str, Any] | None = None,
+    extra_files: dict[str, bytes] | None = None,
+    extra_source: dict[str, Any] | None = None,
 ) -> Manifest:
     """Export, validate, quantize, index and write the bundle of one trained run (see ``conf/export.yaml``).
 
     Validation, index tuning and the int8 report query the run's own validation and test users, so the
-    run's data is re-prepared (from the cache when present) for them.
+    run's data is re-prepared (from the cache when present) for them. With a ``ranking`` section (and its
+    ``extra_files``), the bundle serves fp32: the ranker learned from the fp32 channel scores.
     """
     model = run.model
     datamodule = run.datamodule()
@@ -126,6 +130,8 @@ def export_run(
     evaluation = model.evaluation  # bound by run.datamodule()
     score = evaluator_score(lambda: RankingEvaluator.from_context(evaluation, datamodule.context), table, targets, seen)
     quality = quality_report(encoders, test_inputs, specs, score, faiss_index, quantize)
+    if ranking:
+        quality = {**quality, "served": "fp32", "reason": "the ranker was trained on the fp32 channel scores"}
     log.info("quantization: served %s (%s)", quality["served"], quality["reason"])
     settings = {"onnx": asdict(onnx), "quantize": asdict(quantize), "index": asdict(index)}
     return write_bundle(
@@ -139,8 +145,14 @@ def export_run(
         precision=quality["served"],
         precision_reason=quality["reason"],
         index_info=index_info,
-        reports={"validation": validation, "quantization": {**quality, "settings": settings}, "source": source(run)},
+        reports={
+            "validation": validation,
+            "quantization": {**quality, "settings": settings},
+            "source": {**source(run), **(extra_source or {})},
+        },
         serving=serving,
+        ranking=ranking,
+        extra_files=extra_files,
     )
 
 

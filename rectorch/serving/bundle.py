@@ -69,6 +69,8 @@ def write_bundle(
     index_info: dict[str, Any] | None = None,
     reports: dict[str, dict[str, Any]] | None = None,
     serving: RecommendSettings | None = None,
+    ranking: dict[str, Any] | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> Manifest:
     """Hash every file from its bytes, write them and the manifest next to ``out_dir``, then rename into place.
 
@@ -84,6 +86,8 @@ def write_bundle(
         index_info: ``factory``, ``search_params``, ``recall`` of the index.
         reports: ``validation``, ``quantization`` and ``source`` sections.
         serving: the stage settings to serve with by default (recorded in full; None = the defaults).
+        ranking: the manifest's ranking section (see :class:`Manifest`), or None.
+        extra_files: further files by name (the ranker and its item statistics), hashed like the rest.
 
     Raises:
         BundleError: ``out_dir`` is not replaceable, or the parts do not make a valid manifest.
@@ -98,6 +102,10 @@ def write_bundle(
     catalog_files = catalog.to_files()
     blobs.update(catalog_files)
     item_ids_file, items_file = catalog_files
+    clash = sorted(set(extra_files or {}) & set(blobs))
+    if clash:
+        raise BundleError(f"extra bundle files {clash} clash with the bundle's own files")
+    blobs.update(extra_files or {})
     manifest = Manifest(
         family=family,
         inputs=inputs,
@@ -117,6 +125,7 @@ def write_bundle(
         source=reports.get("source", {}) if reports else {},
         versions=library_versions(),
         serving={"recommend": dataclasses.asdict(serving or RecommendSettings())},
+        ranking=ranking or {},
     )
     manifest.check(f"manifest for {out}")
     if len(catalog) != index.ntotal:

@@ -93,6 +93,10 @@ class Manifest:
         versions: library versions used to write the bundle.
         serving: the settings the bundle was exported with, ``{"recommend": {...}}`` (partial keys allowed;
             empty in bundles written before it existed, which then serve with the defaults).
+        ranking: the ranking stage, empty without one: ``channels`` (merge order; each ``name``, ``kind``
+            ``ann``/``covisit``/``popular``, ``n`` and, for co-visitation, ``anchors``), ``features`` (the
+            ranker's input columns, in order), ``ranker`` and ``stats`` (the ONNX ranker and the item
+            statistics the features read), ``last_n``, ``user_fields``, ``max_candidates``, ``validation``.
         id_offset: model item id of row 0.
         schema_version: bumped on incompatible changes.
     """
@@ -115,6 +119,7 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     serving: dict[str, Any] = field(default_factory=dict)
+    ranking: dict[str, Any] = field(default_factory=dict)
     id_offset: int = 1
     schema_version: int = SCHEMA_VERSION
 
@@ -155,7 +160,7 @@ def _finite(value: Any) -> Any:
     return value
 
 
-_OPTIONAL = {"validation", "quantization", "source", "versions", "serving", "id_offset"}
+_OPTIONAL = {"validation", "quantization", "source", "versions", "serving", "ranking", "id_offset"}
 _REQUIRED = {f.name for f in fields(Manifest) if f.name not in _OPTIONAL}
 _KNOWN = {f.name for f in fields(Manifest)}
 _SPEC_KEYS = {f.name for f in fields(InputSpec)}
@@ -234,10 +239,58 @@ def _validate(raw: Any, where: str) -> None:
     for library, version in raw.get("versions", {}).items():
         _str(where, f"versions.{library}", version, 256)
     referenced = {*encoders.values(), raw["item_ids"], raw["items"], raw["index"]["file"]}
+    ranking = _mapping(where, "ranking", raw.get("ranking", {}))
+    if ranking:
+        referenced |= _check_ranking(where, ranking)
     unlisted = sorted(referenced - files.keys())
     if unlisted:
         raise BundleError(f"{where}: key 'files' has no sha256 for the referenced files {unlisted}")
     _recorded_settings(raw.get("serving", {}), where)
+
+
+CHANNEL_KINDS = ("ann", "covisit", "popular")
+_RANKING_KEYS = {"channels", "features", "ranker", "stats", "last_n", "user_fields", "max_candidates", "validation"}
+_CHANNEL_KEYS = {"name", "kind", "n", "anchors"}
+
+
+def _check_ranking(where: str, ranking: dict) -> set[str]:
+    """The ranking section's keys and bounds; returns the files it references."""
+    unknown = sorted(ranking.keys() - _RANKING_KEYS)
+    missing = sorted(_RANKING_KEYS - {"validation"} - ranking.keys())
+    if unknown or missing:
+        _fail(where, "ranking", f"an object with the keys {sorted(_RANKING_KEYS)}", unknown or missing)
+    channels = ranking["channels"]
+    if not isinstance(channels, list) or not 1 <= len(channels) <= 16:
+        _fail(where, "ranking.channels", "a list of 1 to 16 channels", channels)
+    names = set()
+    for position, channel in enumerate(channels):
+        key = f"ranking.channels[{position}]"
+        if not isinstance(channel, dict) or not {"name", "kind", "n"} <= channel.keys() <= _CHANNEL_KEYS:
+            _fail(where, key, "an object with name, kind, n and optional anchors", channel)
+        name = _str(where, f"{key}.name", channel["name"], 64)
+        if not _INPUT_NAME.fullmatch(name) or name in names:
+            _fail(where, f"{key}.name", "a unique channel name", name)
+        names.add(name)
+        if channel["kind"] not in CHANNEL_KINDS:
+            _fail(where, f"{key}.kind", f"one of {list(CHANNEL_KINDS)}", channel["kind"])
+        _int(where, f"{key}.n", channel["n"], 1, 100_000)
+        if channel["kind"] == "covisit":
+            _int(where, f"{key}.anchors", channel.get("anchors"), 1, 1000)
+    if sum(c["kind"] == "ann" for c in channels) > 1:
+        _fail(where, "ranking.channels", "at most one ann channel (the bundle's index)", [c["name"] for c in channels])
+    features = ranking["features"]
+    if not isinstance(features, list) or not 1 <= len(features) <= 4096 or len(set(features)) != len(features):
+        _fail(where, "ranking.features", "a list of 1 to 4096 distinct feature names", features)
+    for name in features:
+        _str(where, "ranking.features", name, 256)
+    fields_ = ranking["user_fields"]
+    if not isinstance(fields_, list) or not all(isinstance(f, str) for f in fields_):
+        _fail(where, "ranking.user_fields", "a list of user feature names", fields_)
+    _int(where, "ranking.last_n", ranking["last_n"], 1, 10_000)
+    _int(where, "ranking.max_candidates", ranking["max_candidates"], 1, 100_000)
+    _mapping(where, "ranking.validation", ranking.get("validation", {}))
+    ranker = _file_name(where, "ranking.ranker", ranking["ranker"])
+    return {ranker, _file_name(where, "ranking.stats", ranking["stats"])}
 
 
 def _check_categories(where: str, categories: Any) -> None:

@@ -1,4 +1,4 @@
-"""``Recommender``: retrieve → filter → re-rank → fallback, from one verified bundle."""
+"""``Recommender``: retrieve → filter → (learned ranking) → re-rank → fallback, from one verified bundle."""
 
 import math
 import time
@@ -12,17 +12,21 @@ import numpy as np
 from rectorch.serving import stages
 from rectorch.serving.catalog import Catalog
 from rectorch.serving.encoder import QueryEncoder
+from rectorch.serving.features import Request
 from rectorch.serving.index import ItemIndex
 from rectorch.serving.manifest import BundleError, Manifest, open_manifest, read_files, show
+from rectorch.serving.ranking_stage import Ranked, RankingStage
 from rectorch.serving.settings import RecommendSettings
 
 
 @dataclass
 class Recommendation:
-    """A ranked answer: ``items[i]`` scored ``scores[i]`` came from ``sources[i]`` (``ann``, ``popular``, ``explore``).
+    """A ranked answer: ``items[i]`` scored ``scores[i]`` came from ``sources[i]`` (``ann``, ``popular``, ``explore``,
+    or with a ranking stage the first channel that retrieved it).
 
     ``fallback`` names why popularity answered (``empty_history``), and ``unknown_items`` lists
-    history ids the catalog does not know (ignored).
+    history ids the catalog does not know (ignored). With a ranking stage, ``stage_scores[i]`` holds the
+    item's score in every channel that retrieved it and the ranker's (``{"sasrec": 3.1, "ranker": 0.7}``).
     """
 
     items: list[str]
@@ -30,6 +34,7 @@ class Recommendation:
     sources: list[str]
     fallback: str | None = None
     unknown_items: list[str] = field(default_factory=list)
+    stage_scores: list[dict[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -42,6 +47,8 @@ class _Request:
     now: float
     unknown: list[str]
     encode: bool
+    times: np.ndarray | None = None
+    context: Mapping[str, float] = field(default_factory=dict)
 
 
 class Recommender:
@@ -53,15 +60,22 @@ class Recommender:
         index: the FAISS item index.
         catalog: item ids and metadata.
         settings: stage knobs.
+        ranking: the learned ranking stage, when the bundle has one.
     """
 
     def __init__(
-        self, manifest: Manifest, encoder: QueryEncoder, index: ItemIndex, catalog: Catalog, settings: RecommendSettings
+        self,
+        manifest: Manifest,
+        encoder: QueryEncoder,
+        index: ItemIndex,
+        catalog: Catalog,
+        settings: RecommendSettings,
+        ranking: RankingStage | None = None,
     ) -> None:
         if index.size != len(catalog) or index.dim != manifest.dim:
             raise BundleError(f"index holds {index.size}×{index.dim}, manifest says {len(catalog)}×{manifest.dim}")
         self.manifest, self.encoder, self.index, self.catalog = manifest, encoder, index, catalog
-        self.settings = settings
+        self.settings, self.ranking = settings, ranking
         self.pool = stages.ExplorationPool(catalog, settings.explore_quantile)
         self.rng = np.random.default_rng(settings.seed)
 
@@ -115,7 +129,10 @@ class Recommender:
         )
         ids, items = manifest.item_ids, manifest.items
         catalog = Catalog.from_bytes((ids, blobs[ids]), (items, blobs[items]), manifest.categories, manifest.num_items)
-        return cls(manifest, encoder, index, catalog, settings)
+        ranking = None
+        if manifest.ranking:
+            ranking = RankingStage.from_blobs(manifest.ranking, blobs, manifest.num_items, threads)
+        return cls(manifest, encoder, index, catalog, settings, ranking)
 
     def recommend(
         self,
@@ -125,19 +142,24 @@ class Recommender:
         exclude: Sequence[str] = (),
         filters: Mapping[str, Sequence[str]] | None = None,
         now: float | None = None,
+        history_times: Sequence[float] | None = None,
+        context: Mapping[str, float] | None = None,
     ) -> Recommendation:
         """Top-``k`` items for one user given the external ids of their history (oldest first).
 
         Args:
             history: external item ids, oldest first; unknown ids are ignored and reported.
-            user_features: values for the encoder's non-history inputs, by input name.
+            user_features: values for the encoder's non-history inputs (and the ranker's user fields), by name.
             k: number of items.
             exclude: external ids never to return.
             filters: ``{"category": [...]}`` keeps only items of those categories.
-            now: unix seconds for freshness and new-item exploration (default: the clock).
+            now: unix seconds for freshness, new-item exploration and the ranker's time features (default: the clock).
+            history_times: unix seconds of each history item (the ranker's recency features), aligned with ``history``.
+            context: numeric request-context fields for the ranker (``{"device": 1}``).
         """
-        request = {"history": history, "user_features": user_features, "k": k}
-        return self.recommend_many([{**request, "exclude": exclude, "filters": filters, "now": now}])[0]
+        request = {"history": history, "user_features": user_features, "k": k, "exclude": exclude}
+        extra = {"filters": filters, "now": now, "history_times": history_times, "context": context}
+        return self.recommend_many([{**request, **extra}])[0]
 
     def recommend_many(self, requests: Sequence[Mapping[str, Any]]) -> list[Recommendation]:
         """Batched :meth:`recommend`: one encoder call and one index search for all requests."""
@@ -145,14 +167,21 @@ class Recommender:
         todo = [i for i, r in enumerate(parsed) if r.encode]
         queries: dict[int, np.ndarray] = {}
         found: dict[int, np.ndarray] = {}
+        scored: dict[int, np.ndarray] = {}
         if todo:
             offset = self.manifest.id_offset
+            names = self.encoder.feature_names
             vectors = self.encoder.encode(
-                [parsed[i].history + offset for i in todo], [parsed[i].features for i in todo]
+                [parsed[i].history + offset for i in todo],
+                [{k: v for k, v in (parsed[i].features or {}).items() if k in names} for i in todo],
             )
-            _, rows = self.index.search(vectors, self.settings.candidates)
+            width = self.settings.candidates
+            if self.ranking is not None:  # the ann channel's n unseen rows, as in training
+                width = max(width, self.ranking.ann_n + max(len(np.unique(parsed[i].history)) for i in todo))
+            scores, rows = self.index.search(vectors, width)
             queries, found = dict(zip(todo, vectors, strict=True)), dict(zip(todo, rows, strict=True))
-        return [self._answer(r, queries.get(i), found.get(i)) for i, r in enumerate(parsed)]
+            scored = dict(zip(todo, scores, strict=True))
+        return [self._answer(r, queries.get(i), found.get(i), scored.get(i)) for i, r in enumerate(parsed)]
 
     def similar_items(self, item_id: str, k: int = 10) -> Recommendation:
         """Items closest to ``item_id`` by inner product of item vectors (itself and unavailable ones dropped)."""
@@ -169,7 +198,9 @@ class Recommender:
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 0 < k <= self.settings.max_k:
             raise ValueError(f"k must be between 1 and {self.settings.max_k}, got {show(k)}")
 
-    def _parse(self, history=(), user_features=None, k=10, exclude=(), filters=None, now=None) -> _Request:
+    def _parse(
+        self, history=(), user_features=None, k=10, exclude=(), filters=None, now=None, history_times=None, context=None
+    ) -> _Request:
         self._check_k(k)
         if len(history) > self.settings.max_history:
             raise ValueError(f"history holds {len(history)} items, at most {self.settings.max_history} allowed")
@@ -180,22 +211,40 @@ class Recommender:
         if unsupported:
             raise ValueError(f"unsupported filters {sorted(unsupported)}; supported: ['category']")
         categories = self.catalog.category_codes(list(filters["category"])) if filters else None
-        unknown_features = sorted(set(user_features or {}) - self.encoder.feature_names)
+        accepted = self.encoder.feature_names | (self.ranking.user_fields if self.ranking is not None else set())
+        unknown_features = sorted(set(user_features or {}) - accepted)
         if unknown_features:
-            known = sorted(self.encoder.feature_names)
-            raise ValueError(f"unknown user_features {show(unknown_features[:5])}; the encoder takes {known}")
+            takes = "the encoder takes" if self.ranking is None else "the encoder and the ranker take"
+            raise ValueError(f"unknown user_features {show(unknown_features[:5])}; {takes} {sorted(accepted)}")
         has_features = bool(user_features) and bool(self.encoder.feature_names & set(user_features))
         encode = len(rows) > 0 or has_features
         now = time.time() if now is None else float(now)
         if not math.isfinite(now):
             raise ValueError(f"now must be finite unix seconds, got {now}")
-        return _Request(rows, user_features, k, blocked, categories, now, unknown, encode)
+        times = None
+        if history_times is not None:
+            if len(history_times) != len(history):
+                raise ValueError(f"history_times holds {len(history_times)} values for {len(history)} history items")
+            known = np.asarray([str(i) in self.catalog.row_of for i in history], bool)
+            times = np.asarray(history_times, np.float64)[known]
+            if not np.isfinite(times).all():
+                raise ValueError("history_times must be finite unix seconds")
+        context = dict(context or {})
+        for name, value in context.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"context field {show(name)} must be a finite number, got {show(value)}")
+        return _Request(rows, user_features, k, blocked, categories, now, unknown, encode, times, context)
 
-    def _answer(self, request: _Request, query: np.ndarray | None, found: np.ndarray | None) -> Recommendation:
+    def _answer(
+        self, request: _Request, query: np.ndarray | None, found: np.ndarray | None, scored: np.ndarray | None = None
+    ) -> Recommendation:
         settings, catalog = self.settings, self.catalog
+        stage_scores: list[dict[str, float]] | None = None
         if query is None:
             rows = stages.popular_rows(catalog, settings.candidates, request.blocked, request.categories)
             relevance, sources = stages.min_max(np.log1p(catalog.popularity[rows])), np.full(len(rows), "popular")
+        elif self.ranking is not None:
+            rows, relevance, sources, stage_scores = self._ranked(request, found, scored)
         else:
             rows, sources = self._candidates(request, found)
             relevance = stages.min_max(self.index.vectors(rows) @ query) if len(rows) else np.zeros(0)
@@ -204,6 +253,8 @@ class Recommender:
         )
         order = self._diversify(rows, relevance, request.k - self._explore_slots(request.k))
         rows, scores, sources = rows[order], relevance[order], sources[order]
+        picked = [stage_scores[i] for i in order] if stage_scores is not None else []
+        shown = len(rows)
         rows, scores, sources = self._explore(request, rows, scores, sources)
         return Recommendation(
             items=[catalog.ids[r] for r in rows],
@@ -211,7 +262,50 @@ class Recommender:
             sources=[str(s) for s in sources],
             fallback=None if query is not None else "empty_history",
             unknown_items=request.unknown,
+            stage_scores=picked + [{}] * (len(rows) - shown) if stage_scores is not None else [],
         )
+
+    def explain(self, **request: Any) -> Ranked:
+        """What the ranking stage does for one request (same keys as :meth:`recommend`): every merged and
+        filtered candidate with its channel scores, its feature row and its ranker score, before re-ranking."""
+        if self.ranking is None:
+            raise ValueError("this bundle has no ranking stage")
+        parsed = self._parse(**request)
+        if not parsed.encode:
+            raise ValueError("an empty history is answered by the popularity fallback, not the ranking stage")
+        vectors = self.encoder.encode(
+            [parsed.history + self.manifest.id_offset],
+            [{k: v for k, v in (parsed.features or {}).items() if k in self.encoder.feature_names}],
+        )
+        scores, rows = self.index.search(vectors, self.ranking.ann_n + len(np.unique(parsed.history)))
+        return self._rank_request(parsed, rows[0], scores[0])
+
+    def _rank_request(self, request: _Request, found: np.ndarray, scored: np.ndarray) -> Ranked:
+        """Channels → merge → filters → features → ranker, for one parsed request."""
+        seen = np.unique(request.history)
+        merged = self.ranking.lists(request.history, seen, (found, scored))
+        keep = stages.allowed(self.catalog, merged.rows, request.blocked, request.categories)
+        user = {k: float(v) for k, v in (request.features or {}).items() if k in self.ranking.user_fields}
+        features = Request(request.history, request.times, request.now, request.context, user)
+        return self.ranking.rank(features, merged, keep)
+
+    def _ranked(self, request: _Request, found: np.ndarray, scored: np.ndarray):
+        """Ranker-ordered candidates (topped up with popular rows when short), their relevance and stage scores."""
+        ranked = self._rank_request(request, found, scored)
+        rows, sources = ranked.rows, ranked.sources
+        stage_scores = [
+            {**{n: float(s) for n, s in zip(self.ranking.names, column, strict=True) if s == s}, "ranker": float(r)}
+            for column, r in zip(ranked.channel_scores.T, ranked.scores, strict=True)
+        ]
+        relevance = stages.min_max(ranked.scores.astype(np.float64)) if len(rows) else np.zeros(0)
+        short = request.k - len(rows)
+        if short > 0:
+            popular = stages.popular_rows(self.catalog, short, np.union1d(request.blocked, rows), request.categories)
+            rows = np.concatenate([rows, popular])
+            sources = np.concatenate([sources, np.full(len(popular), "popular")])
+            relevance = np.concatenate([relevance, np.full(len(popular), -1.0)])
+            stage_scores += [{} for _ in popular]
+        return rows, relevance, sources, stage_scores
 
     def _candidates(self, request: _Request, found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """ANN rows merged with the popularity channel, filtered, topped up with popular rows when short."""

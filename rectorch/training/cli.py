@@ -70,11 +70,12 @@ def discard_failed_run(output_dir: Path, before: set[str]) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from rectorch.training.train import train
+    from rectorch.training.two_stage import train_two_stage
 
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     before = {path.name for path in output_dir.iterdir()} if output_dir.is_dir() else set()
     try:
-        results = train(cfg)
+        results = train_two_stage(cfg) if cfg.get("two_stage") else train(cfg)
     except USER_ERRORS as error:
         if HydraConfig.get().mode.name == "MULTIRUN":
             raise

@@ -1,0 +1,1 @@
+"""The ranking stage: candidate channels over saved runs, the shared feature builder, learned rankers."""
