@@ -6,10 +6,20 @@ settings' ``max_k``; lists and feature maps are bounded. Handlers are plain func
 runs in FastAPI's thread pool and one large request does not stall the event loop. Every bad request
 is answered 4xx with ``{"error": one line naming the field, "detail": ...}``; an unexpected failure is
 logged with its traceback on the server and answered 500 ``{"error": "internal error"}``.
+
+Sessions: ``POST /events`` appends a batch of ``{user_id, item_id, type, timestamp}`` to the session store
+in one atomic write. A batch naming any item the catalog does not know is refused whole with 422 (the
+unknown ids in ``detail.unknown_items``; nothing stored), as is a timestamp that is not finite unix
+seconds between 1990 and one day past the server clock (milliseconds are refused); a batch longer than
+``events_max_batch`` is answered 400. ``POST /recommend`` with a ``user_id`` ranks for the stored history
+followed by the request's ``history`` (each item once, at its latest position; the newest
+``session_max_events`` items). A store that cannot answer makes any endpoint that needs it answer 503
+``{"error": "session store unavailable: ..."}``; ``/recommend`` without a ``user_id`` never touches it.
 """
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Annotated, Any
@@ -17,12 +27,20 @@ from typing import Annotated, Any
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rectorch.serving.catalog import MAX_ID_LENGTH
 from rectorch.serving.manifest import show
 from rectorch.serving.recommender import Recommendation, Recommender
+from rectorch.serving.sessions import (
+    Event,
+    MemoryStore,
+    SessionStore,
+    StoreUnavailable,
+    history_length,
+    merge_histories,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +48,9 @@ log = logging.getLogger(__name__)
 MAX_LIST = 100_000
 MAX_FEATURES = 64
 MAX_ERRORS = 20
+MAX_EVENTS = 100_000
+MIN_TIMESTAMP = 631_152_000.0  # 1990-01-01
+MAX_CLOCK_SKEW = 86400.0
 
 
 class SafeJSONResponse(JSONResponse):
@@ -45,11 +66,43 @@ Number = Annotated[float, Field(allow_inf_nan=False)]
 FeatureValue = Number | Annotated[list[Number], Field(max_length=MAX_LIST)]
 
 
+def _not_ahead(timestamp: float) -> float:
+    if timestamp > time.time() + MAX_CLOCK_SKEW:
+        raise ValueError(
+            f"timestamp lies more than {MAX_CLOCK_SKEW:.0f} s ahead of the server clock (send unix seconds)"
+        )
+    return timestamp
+
+
+Timestamp = Annotated[float, Field(allow_inf_nan=False, ge=MIN_TIMESTAMP), AfterValidator(_not_ahead)]
+EventType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+
+
+class EventIn(BaseModel):
+    """One event of ``POST /events``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    user_id: Text
+    item_id: Text = Field(description="external item id (the catalog must know it)")
+    type: EventType = Field(description="view, click, cart, purchase, ... (lowercase letters, digits, _)")
+    timestamp: Timestamp | None = Field(default=None, description="unix seconds (default: the server clock)")
+
+
+class EventsRequest(BaseModel):
+    """``POST /events`` body: a batch, stored whole or not at all."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS)
+
+
 class RecommendRequest(BaseModel):
     """``POST /recommend`` body (strict: no type coercion, no unknown keys)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
+    user_id: Text | None = Field(default=None, description="rank for this user's stored events, then `history`")
     history: list[Text] = Field(default_factory=list, max_length=MAX_LIST, description="item ids, oldest first")
     user_features: dict[Text, FeatureValue] | None = Field(
         default=None, max_length=MAX_FEATURES, description="values of the encoder's non-history inputs"
@@ -121,6 +174,10 @@ def _bad_request(_: Request, error: Exception) -> SafeJSONResponse:
     return _error(400, str(error))
 
 
+def _store_down(_: Request, error: Exception) -> SafeJSONResponse:
+    return _error(503, f"session store unavailable: {error}", headers={"Retry-After": "1"})
+
+
 def _internal_error(request: Request, error: Exception) -> SafeJSONResponse:
     """500 without details; the server logs this line, and uvicorn the traceback (Starlette re-raises after)."""
     log.error("unexpected %s on %s %s", type(error).__name__, request.method, request.url.path)
@@ -177,11 +234,24 @@ class BodyLimit:
         await response(scope, None, send)
 
 
-def create_app(recommender: Recommender, max_body_bytes: int = 1_000_000) -> FastAPI:
-    """Routes: ``POST /recommend``, ``GET /items/{id}/similar``, ``GET /healthz``, ``GET /metadata``.
+def create_app(
+    recommender: Recommender,
+    max_body_bytes: int = 1_000_000,
+    store: SessionStore | None = None,
+    events_max_batch: int = 1000,
+) -> FastAPI:
+    """Routes: ``POST /recommend``, ``POST /events``, ``GET|DELETE /users/{id}/history``,
+    ``GET /items/{id}/similar``, ``GET /healthz``, ``GET /metadata``.
 
     Bad input (invalid JSON, wrong types, ``k`` out of range, oversized body or history, unknown filter
-    or category) is answered with 4xx and a one-line ``error``; unknown item ids in ``/similar`` with 404.
+    or category, events for unknown items) is answered with 4xx and a one-line ``error``; unknown item ids
+    in ``/similar`` with 404; a session store that is down with 503.
+
+    Args:
+        recommender: the stages over one bundle.
+        max_body_bytes: larger request bodies are answered 413 unread.
+        store: the session store; None = an in-process one keeping the newest items the encoder reads.
+        events_max_batch: most events one ``POST /events`` may carry.
     """
     app = FastAPI(
         title="rectorch",
@@ -189,19 +259,59 @@ def create_app(recommender: Recommender, max_body_bytes: int = 1_000_000) -> Fas
         default_response_class=SafeJSONResponse,
     )
     manifest = recommender.manifest
+    store = store if store is not None else MemoryStore(history_length(manifest.inputs))
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ValueError, _bad_request)  # BundleError is a ValueError
+    app.add_exception_handler(StoreUnavailable, _store_down)
     app.add_exception_handler(Exception, _internal_error)
     app.add_middleware(BodyLimit, limit=max_body_bytes)
 
     @app.post("/recommend", response_model=RecommendResponse)
     def recommend(request: RecommendRequest) -> SafeJSONResponse:
+        body = request.model_dump()
+        user_id = body.pop("user_id")
+        if user_id is not None:
+            stored = [event.item_id for event in store.history(user_id)]
+            cap = min(store.max_events, recommender.settings.max_history)
+            body["history"] = merge_histories(stored, body["history"], cap)
         try:
-            result = recommender.recommend(**request.model_dump())
+            result = recommender.recommend(**body)
         except ValueError as error:
             raise HTTPException(status_code=400, detail=str(error)) from error
         return SafeJSONResponse(_payload(result))
+
+    @app.post("/events")
+    def events(request: EventsRequest) -> SafeJSONResponse:
+        if len(request.events) > events_max_batch:
+            message = (
+                f"events holds {len(request.events)} events, at most {events_max_batch} allowed (events_max_batch)"
+            )
+            raise HTTPException(status_code=400, detail=message)
+        unknown = list(dict.fromkeys(e.item_id for e in request.events if e.item_id not in recommender.catalog.row_of))
+        if unknown:
+            message = f"events: unknown item ids {show(unknown[:5], 200)}; nothing of this batch was stored"
+            return _error(422, message, {"unknown_items": unknown[:100]})
+        now = time.time()
+        batch: dict[str, list[Event]] = {}
+        for event in request.events:
+            stamp = now if event.timestamp is None else event.timestamp
+            batch.setdefault(event.user_id, []).append(Event(event.item_id, event.type, stamp))
+        store.append_many(batch)
+        return SafeJSONResponse({"stored": len(request.events), "users": len(batch)})
+
+    @app.get("/users/{user_id:path}/history")
+    def user_history(
+        user_id: Annotated[Text, Path(description="user id")],
+        limit: Annotated[int | None, Query(gt=0, description="newest events to return")] = None,
+    ) -> SafeJSONResponse:
+        listed = [asdict(event) for event in store.history(user_id, limit)]
+        return SafeJSONResponse({"user_id": user_id, "events": listed})
+
+    @app.delete("/users/{user_id:path}/history")
+    def forget_user(user_id: Annotated[Text, Path(description="user id")]) -> SafeJSONResponse:
+        store.forget(user_id)
+        return SafeJSONResponse({"user_id": user_id, "events": []})
 
     @app.get("/items/{item_id:path}/similar", response_model=RecommendResponse)
     def similar(
@@ -227,6 +337,7 @@ def create_app(recommender: Recommender, max_body_bytes: int = 1_000_000) -> Fas
         summary["inputs"] = [asdict(spec) for spec in manifest.inputs]
         summary.update(quantization=manifest.quantization, versions=manifest.versions)
         summary["settings"] = asdict(recommender.settings)
+        summary["sessions"] = {"store": store.name, "max_events": store.max_events, "ttl_seconds": store.ttl_seconds}
         return summary
 
     return app

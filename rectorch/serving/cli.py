@@ -3,6 +3,9 @@
 Settings are layered, later wins: the :class:`ServeSettings` defaults, the settings the bundle records
 (``manifest.json`` → ``serving``), the ``--settings`` YAML file, then ``key=value`` overrides
 (``port=8001``, ``recommend.mmr_lambda=0.8``; Hydra-style, without Hydra: serving never imports it).
+The session store comes from ``session_store`` (``session_store=redis://127.0.0.1:6379/0``, or
+``serve.session_store=...``); it keeps ``session_max_events`` events per user (default: the newest items
+the bundle's encoder reads).
 """
 
 import argparse
@@ -51,24 +54,31 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from rectorch.serving.app import create_app
     from rectorch.serving.recommender import Recommender
+    from rectorch.serving.sessions import history_length, open_store
 
     try:
         settings = parse_settings(sys.argv[1:] if argv is None else argv)
         recommender = Recommender.from_bundle(
             settings.bundle, settings.recommend, settings.precision, settings.threads, settings.manifest_sha256
         )
+        max_events = settings.session_max_events or history_length(recommender.manifest.inputs)
+        store = open_store(settings.session_store, max_events, settings.session_ttl_seconds)
     except (ValueError, OSError) as error:  # BundleError is a ValueError
         print(f"rectorch-serve: error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(2)
-    print(f"rectorch-serve: {dataclasses.asdict(settings)}", file=sys.stderr)
-    uvicorn.run(
-        create_app(recommender, settings.max_body_bytes),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-        server_header=False,
-    )
+    shown = {**dataclasses.asdict(settings), "session_store": store.name}  # no password printed
+    print(f"rectorch-serve: {shown}", file=sys.stderr)
+    try:
+        uvicorn.run(
+            create_app(recommender, settings.max_body_bytes, store, settings.events_max_batch),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=False,
+            server_header=False,
+        )
+    finally:
+        store.close()
 
 
 if __name__ == "__main__":

@@ -82,6 +82,12 @@ class ServeSettings:
         max_body_bytes: largest request body accepted; a longer one is answered 413 without being read.
         manifest_sha256: pin: refuse a bundle whose ``manifest.json`` has another sha256 (export logs the
             value as the MLflow tag ``bundle.manifest_sha256``); None = trust the bundle's own sidecar.
+        session_store: where ``POST /events`` keeps per-user histories: ``memory://`` (in-process, bounded
+            LRU; ``?max_users=N``), ``sqlite:///abs/path.db`` (survives restarts) or ``redis://host:port/db``
+            (``?prefix=rectorch``); see :mod:`rectorch.serving.sessions`.
+        session_ttl_seconds: a user's history is forgotten this long after their last event.
+        session_max_events: events kept per user; None = the newest items the encoder reads (its history length).
+        events_max_batch: most events one ``POST /events`` may carry.
         recommend: stage knobs (the bundle's recorded ones unless overridden).
     """
 
@@ -93,6 +99,10 @@ class ServeSettings:
     log_level: str = "warning"
     max_body_bytes: int = 1_000_000
     manifest_sha256: str | None = None
+    session_store: str = "memory://"
+    session_ttl_seconds: float = 7 * 86400.0
+    session_max_events: int | None = None
+    events_max_batch: int = 1000
     recommend: RecommendSettings = field(default_factory=RecommendSettings)
 
     def __post_init__(self) -> None:
@@ -105,6 +115,16 @@ class ServeSettings:
             raise ValueError(f"max_body_bytes must lie in [1024, {1 << 30}], got {self.max_body_bytes}")
         if self.manifest_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.manifest_sha256):
             raise ValueError(f"manifest_sha256 must be 64 lowercase hex digits, got {self.manifest_sha256!r}")
+        if not re.match(r"(memory|sqlite|redis|rediss)://", self.session_store):
+            raise ValueError(
+                f"session_store must be memory://, sqlite:///abs/path.db or redis://..., got {self.session_store!r}"
+            )
+        if not 0 < self.session_ttl_seconds <= 10 * 365 * 86400:
+            raise ValueError(f"session_ttl_seconds must lie in (0, 10 years], got {self.session_ttl_seconds}")
+        if self.session_max_events is not None and not 0 < self.session_max_events <= 100_000:
+            raise ValueError(f"session_max_events must lie in 1..100000 (or null), got {self.session_max_events}")
+        if not 0 < self.events_max_batch <= 100_000:
+            raise ValueError(f"events_max_batch must lie in 1..100000, got {self.events_max_batch}")
 
 
 def _accepts(kind: Any, value: Any) -> bool:
