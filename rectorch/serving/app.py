@@ -113,7 +113,13 @@ class RecommendRequest(BaseModel):
         default=None, max_length=8, description='e.g. {"category": ["Comedy"]}; a filter lists at least one value'
     )
     now: Number | None = Field(
-        default=None, ge=0, le=1e11, description="unix seconds for freshness (default: server clock)"
+        default=None, ge=0, le=1e11, description="unix seconds for freshness and the ranker (default: server clock)"
+    )
+    history_times: list[Annotated[float, Field(allow_inf_nan=False, ge=0, le=1e11)]] | None = Field(
+        default=None, max_length=MAX_LIST, description="unix seconds of each history item (ranker features)"
+    )
+    context: dict[Text, Number] | None = Field(
+        default=None, max_length=MAX_FEATURES, description='numeric request context for the ranker, e.g. {"device": 1}'
     )
 
 
@@ -121,6 +127,7 @@ class ScoredItem(BaseModel):
     id: str
     score: float
     source: str
+    stages: dict[str, float] | None = Field(default=None, description="channel and ranker scores (ranking bundles)")
 
 
 class RecommendResponse(BaseModel):
@@ -134,6 +141,8 @@ def _payload(result: Recommendation) -> dict:
         {"id": i, "score": s, "source": src}
         for i, s, src in zip(result.items, result.scores, result.sources, strict=True)
     ]
+    for item, stages in zip(items, result.stage_scores, strict=False):
+        item["stages"] = stages
     return {"items": items, "fallback": result.fallback, "unknown_items": result.unknown_items}
 
 
@@ -272,9 +281,15 @@ def create_app(
         body = request.model_dump()
         user_id = body.pop("user_id")
         if user_id is not None:
-            stored = [event.item_id for event in store.history(user_id)]
+            if body["history_times"] is not None:
+                message = "history_times cannot be combined with user_id: the session store keeps the event times"
+                raise HTTPException(status_code=400, detail=message)
+            events = store.history(user_id)
             cap = min(store.max_events, recommender.settings.max_history)
-            body["history"] = merge_histories(stored, body["history"], cap)
+            body["history"] = merge_histories([event.item_id for event in events], body["history"], cap)
+            when = {event.item_id: event.timestamp for event in events}  # the latest event per item
+            asked = time.time() if body["now"] is None else body["now"]
+            body["history_times"] = [when.get(item, asked) for item in body["history"]]
         try:
             result = recommender.recommend(**body)
         except ValueError as error:
