@@ -41,8 +41,8 @@ def feature_group(name: str, channels: Sequence[str]) -> str:
         return "item"
     if name.startswith("user_"):
         return "user"
-    if name in ("hour", "weekday") or name.startswith("ctx_"):
-        return "context"
+    if name in ("hour", "weekday", "category_hour_share") or name.startswith("ctx_"):
+        return "context"  # the request's time and fields, alone or crossed with the item's category
     return "cross"
 
 
