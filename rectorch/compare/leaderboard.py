@@ -61,7 +61,10 @@ def _short(value: str) -> str:
 
 
 def key_params(run: RunSummary, varying: set[str]) -> str:
-    """``dim=64 lr=0.001 loss=FullSoftmaxLoss``: the usual knobs plus every model param that varies."""
+    """``dim=64 lr=0.001 loss=FullSoftmaxLoss``: the usual knobs plus every model param that varies
+    (a two-stage run: its ranker and channels)."""
+    if run.results.get("channels") and run.results.get("ranker"):
+        return f"ranker={run.results['ranker'].get('ranker')} channels={','.join(run.results['channels'])}"
     shown = {}
     for key, value in sorted(run.params.items()):
         if not key.startswith("model.") or value in ("None", "null"):
@@ -102,8 +105,21 @@ def _row(run: RunSummary, k: int, varying: set[str]) -> dict[str, object]:
     return row
 
 
+def _channel_rows(run: RunSummary, k: int) -> list[dict[str, object]]:
+    """A two-stage run's channels, each alone on the same test users (``<run>/<channel>`` rows)."""
+    rows = []
+    for name, stages in (run.results.get("channels") or {}).items():
+        test = stages.get("test", {})
+        row: dict[str, object] = {"run": f"{run.run_name}/{name}", "model": f"channel:{name}", "params": ""}
+        row.update({f"{m}@{k}": float(test.get(f"{m}@{k}", float("nan"))) for m in (*ACCURACY, *BEYOND)})
+        row.update({"protocol": protocol_label(run), "run_id": run.run_id})
+        rows.append(row)
+    return rows
+
+
 def leaderboard(runs: list[RunSummary], k: int = 10) -> pd.DataFrame:
     """One row per run: ranked by test NDCG@k within each protocol group (``rank`` restarts per group).
+    A two-stage run adds one row per channel, measured alone in that run under the same protocol.
 
     Args:
         runs: finished runs, e.g. from :func:`rectorch.compare.load_runs`.
@@ -112,7 +128,7 @@ def leaderboard(runs: list[RunSummary], k: int = 10) -> pd.DataFrame:
     varying = _varying(runs)
     frames = []
     for members in protocol_groups(runs).values():
-        frame = pd.DataFrame([_row(run, k, varying) for run in members])
+        frame = pd.DataFrame([row for run in members for row in (_row(run, k, varying), *_channel_rows(run, k))])
         frame = frame.sort_values(f"ndcg@{k}", ascending=False, na_position="last")
         frame.insert(0, "rank", range(1, len(frame) + 1))
         frames.append(frame)

@@ -27,6 +27,8 @@ from rectorch.training.tracking import config_hash, flatten, git_commit, resolve
 
 FAMILY = "two_stage"
 RUN_CHANNEL = "rectorch.ranking.channels.RunChannel"
+#: config nodes a two-stage run does not read (its channels carry their own model and trainer)
+_UNUSED = frozenset({"model", "trainer", "callbacks", "init_from", "ckpt_path", "model_data"})
 
 
 def _train_channel(cfg: DictConfig, name: str, overrides: list[str], output_dir: Path) -> str:
@@ -149,7 +151,8 @@ def _log_mlflow(cfg: DictConfig, results: dict[str, Any], channels: list[dict], 
     }
     run = retry_busy(lambda: client.create_run(experiment_id, run_name=f"{FAMILY}-{config_hash(cfg)}", tags=tags))
     run_id = run.info.run_id
-    params = [Param(k, v[:6000]) for k, v in sorted(flatten(resolved_config(cfg)).items())]
+    config = {k: v for k, v in resolved_config(cfg).items() if k not in _UNUSED}
+    params = [Param(k, v[:6000]) for k, v in sorted(flatten(config).items())]
     for begin in range(0, len(params), 100):
         retry_busy(lambda b=begin: client.log_batch(run_id, params=params[b : b + 100]))
     now = int(time.time() * 1000)

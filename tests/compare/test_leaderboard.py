@@ -62,3 +62,26 @@ def test_plot_axes_are_labelled(trained_store: str, plot) -> None:
     figure = plot(compare(trained_store).runs)
     for ax in figure.axes:
         assert ax.get_xlabel() and ax.get_ylabel()
+
+
+def test_a_two_stage_run_shows_its_channels_under_its_protocol() -> None:
+    from rectorch.compare import leaderboard
+    from rectorch.compare.store import RunSummary
+
+    protocol = {"dataset": "d", "split": "loo", "ranking": "full", "mask_seen": True, "users": 10}
+    metrics = {"ndcg@10": 0.3, "hr@10": 0.5}
+    two_stage = {
+        "protocol": protocol,
+        "test": metrics,
+        "dataset_fingerprint": "f" * 64,
+        "ranker": {"ranker": "lightgbm"},
+        "channels": {"sasrec": {"test": {"ndcg@10": 0.25}}, "covisit": {"test": {"ndcg@10": 0.2}}},
+    }
+    runs = [RunSummary("a", "two_stage-1", "rectorch-d", "two_stage", {}, {}, two_stage)]
+    runs.append(RunSummary("b", "sasrec-2", "rectorch-d", "sasrec", {}, {}, {**two_stage, "test": {"ndcg@10": 0.26}}))
+    runs[1].results.pop("channels")
+    table = leaderboard(runs)
+    assert table["protocol"].nunique() == 1
+    assert list(table["run"]) == ["two_stage-1", "sasrec-2", "two_stage-1/sasrec", "two_stage-1/covisit"]
+    assert table.loc[0, "params"] == "ranker=lightgbm channels=sasrec,covisit"
+    assert list(table["ndcg@10"]) == [0.3, 0.26, 0.25, 0.2]
