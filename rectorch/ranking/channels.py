@@ -5,6 +5,7 @@ serving merge reads. ``RunChannel`` wraps any saved run (``load_run``); ``Popula
 ``CovisitChannel`` are the numpy channels a bundle serves without a model.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,15 +57,24 @@ class RunChannel:
 
     Args:
         name: the channel's name (feature prefix).
-        run: a saved run directory or MLflow run id; the two-stage recipe fills it when it trains the channel.
+        run: a saved run directory or MLflow run id.
         n: candidates per query.
         batch_users: queries scored per model call.
+        train: with ``run`` null, the ``rectorch-train`` overrides the two-stage recipe trains this channel with
+            (on the recipe's own data) before it builds the channel with the new run.
     """
 
-    def __init__(self, name: str, run: str | Path | None = None, n: int = 200, batch_users: int = 256) -> None:
+    def __init__(
+        self,
+        name: str,
+        run: str | Path | None = None,
+        n: int = 200,
+        batch_users: int = 256,
+        train: Sequence[str] = (),
+    ) -> None:
         if run is None:
             raise ValueError(f"channel {name!r} has no run: give channels.{name}.run=<run dir or MLflow id>")
-        self.name, self.n, self.batch_users = name, int(n), int(batch_users)
+        self.name, self.n, self.batch_users, self.train = name, int(n), int(batch_users), list(train)
         self.run: Run = load_run(run)
 
     def describe(self) -> dict[str, Any]:

@@ -55,7 +55,7 @@ def _channels(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, Any], dict[s
     channels: dict[str, Any] = {}
     for name, node in cfg.two_stage.channels.items():
         node = OmegaConf.to_container(node, resolve=True)
-        overrides = node.pop("train", None) or []
+        overrides = node.get("train") or []
         if node.get("_target_") == RUN_CHANNEL and node.get("run") is None:
             if not overrides:
                 raise ValueError(
