@@ -77,6 +77,15 @@ def check_export_and_serve(ran: Ran) -> None:
     assert len(items) == 10 and not {"12", "48"} & set(items)  # the history is never recommended back
 
 
+def check_two_stage(ran: Ran) -> None:
+    metrics = json.loads((ran.workdir / "logs/runs/two_stage/metrics.json").read_text())
+    assert metrics["model"] == "two_stage" and list(metrics["channels"]) == ["sasrec", "covisit", "popular"]
+    assert (ran.workdir / "export/two_stage-synthetic-two_stage/ranker.onnx").is_file()
+    (answer,) = [json.loads(line) for line in (ran.logs / "curl.out").read_text().splitlines() if line.strip()]
+    assert len(answer["items"]) == 5 and not {"12", "48"} & {item["id"] for item in answer["items"]}
+    assert all("ranker" in item["stages"] for item in answer["items"])
+
+
 COMPARE_SETUP = """
 # finished runs in the store: ML-1M runs (one of them a SASRec) from one --multirun sweep, and that sweep's id
 rectorch-train --multirun experiment=popularity_ml1m,sasrec_ml1m
@@ -109,6 +118,7 @@ BLOCKS: dict[str, Spec] = {
         check=check_compare,
     ),
     "export and serve": Spec("rectorch-export run_dir=logs/runs/quick", keep_logger=True, check=check_export_and_serve),
+    "two stage": Spec("experiment=two_stage_synthetic hydra.run.dir", check=check_two_stage),
     "mlflow ui": Spec("mlflow ui --backend-store-uri", after="export and serve", check=check_mlflow_ui),
     "load_run": Spec("rectorch.load_run(", after="quickstart"),
     "compare()": Spec("from rectorch.compare import compare", after="compare"),
