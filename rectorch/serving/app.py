@@ -14,13 +14,23 @@ seconds between 1990 and one day past the server clock (milliseconds are refused
 ``events_max_batch`` is answered 400. ``POST /recommend`` with a ``user_id`` ranks for the stored history
 followed by the request's ``history`` (each item once, at its latest position; the newest
 ``session_max_events`` items). A store that cannot answer makes any endpoint that needs it answer 503
-``{"error": "session store unavailable: ..."}``; ``/recommend`` without a ``user_id`` never touches it.
+``{"error": "session store unavailable: ..."}``; ``/recommend`` without a ``user_id`` never touches it
+unless a strategy layer is on.
+
+Strategy layer (when given, see :mod:`rectorch.serving.strategy`): ``/recommend`` answers through an arm
+chosen per segment and adds ``impression_id`` (32 hex digits), ``arm``, ``segment`` and each item's
+``propensity``; it needs the store (503 when down). ``POST /feedback {"impression_id", "clicked": [item
+ids], "converted": [...]}`` is taken once: 404 for an unknown or expired impression, 409 for a second
+feedback, 422 for items the impression did not show (nothing counted), 503 when the store is down (nothing
+counted; retry). ``GET /strategy/{segment}`` shows each arm's counters and current probability.
 """
 
 import json
 import logging
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Annotated, Any
 
@@ -41,6 +51,7 @@ from rectorch.serving.sessions import (
     history_length,
     merge_histories,
 )
+from rectorch.serving.strategy import FeedbackRefused, StrategyLayer, build_arms, item_columns
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +61,8 @@ MAX_FEATURES = 64
 MAX_ERRORS = 20
 MAX_EVENTS = 100_000
 MIN_TIMESTAMP = 631_152_000.0  # 1990-01-01
+MAX_FEEDBACK = 1000
+SWEEP_SECONDS = 1.0
 MAX_CLOCK_SKEW = 86400.0
 
 
@@ -123,17 +136,33 @@ class RecommendRequest(BaseModel):
     )
 
 
+class FeedbackRequest(BaseModel):
+    """``POST /feedback`` body: what the user did with one answer."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    impression_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")] = Field(
+        description="the answer's impression_id"
+    )
+    clicked: list[Text] = Field(default_factory=list, max_length=MAX_FEEDBACK, description="clicked item ids")
+    converted: list[Text] = Field(default_factory=list, max_length=MAX_FEEDBACK, description="converted item ids")
+
+
 class ScoredItem(BaseModel):
     id: str
     score: float
     source: str
     stages: dict[str, float] | None = Field(default=None, description="channel and ranker scores (ranking bundles)")
+    propensity: float | None = Field(default=None, description="probability of this answer's arm (strategy layer)")
 
 
 class RecommendResponse(BaseModel):
     items: list[ScoredItem]
     fallback: str | None = None
     unknown_items: list[str] = []
+    impression_id: str | None = Field(default=None, description="send it back with POST /feedback")
+    arm: str | None = None
+    segment: str | None = None
 
 
 def _payload(result: Recommendation) -> dict:
@@ -144,6 +173,13 @@ def _payload(result: Recommendation) -> dict:
     for item, stages in zip(items, result.stage_scores, strict=False):
         item["stages"] = stages
     return {"items": items, "fallback": result.fallback, "unknown_items": result.unknown_items}
+
+
+def _answer(recommender: Recommender, body: dict) -> Recommendation:
+    try:
+        return recommender.recommend(**body)
+    except ValueError as error:
+        raise HTTPException(status_code=400, detail=str(error)) from error
 
 
 def _error(status: int, message: str, detail: Any = None, headers: dict[str, str] | None = None) -> SafeJSONResponse:
@@ -243,14 +279,40 @@ class BodyLimit:
         await response(scope, None, send)
 
 
+@asynccontextmanager
+async def _sweeping(layer: StrategyLayer | None) -> AsyncIterator[None]:
+    """While serving, sweep the layer's closed feedback windows every second; at shutdown, close the layer."""
+    stop = threading.Event()
+
+    def sweep() -> None:
+        while not stop.wait(SWEEP_SECONDS):
+            try:
+                layer.sweep()
+            except Exception:  # the sweeper must outlive any one failure
+                log.exception("strategy layer sweep failed")
+
+    thread = threading.Thread(target=sweep, name="strategy-sweeper", daemon=True) if layer else None
+    if thread is not None:
+        thread.start()
+    try:
+        yield
+    finally:
+        if thread is not None:
+            stop.set()
+            thread.join()
+            layer.close()
+
+
 def create_app(
     recommender: Recommender,
     max_body_bytes: int = 1_000_000,
     store: SessionStore | None = None,
     events_max_batch: int = 1000,
+    layer: StrategyLayer | None = None,
+    arms: Mapping[str, Recommender] | None = None,
 ) -> FastAPI:
-    """Routes: ``POST /recommend``, ``POST /events``, ``GET|DELETE /users/{id}/history``,
-    ``GET /items/{id}/similar``, ``GET /healthz``, ``GET /metadata``.
+    """Routes: ``POST /recommend``, ``POST /events``, ``GET|DELETE /users/{id}/history``, ``POST /feedback``,
+    ``GET /strategy/{segment}``, ``GET /items/{id}/similar``, ``GET /healthz``, ``GET /metadata``.
 
     Bad input (invalid JSON, wrong types, ``k`` out of range, oversized body or history, unknown filter
     or category, events for unknown items) is answered with 4xx and a one-line ``error``; unknown item ids
@@ -261,14 +323,22 @@ def create_app(
         max_body_bytes: larger request bodies are answered 413 unread.
         store: the session store; None = an in-process one keeping the newest items the encoder reads.
         events_max_batch: most events one ``POST /events`` may carry.
+        layer: the strategy layer (its store should be ``store``); None = plain answers, no ``/feedback``.
+        arms: arm name → recommender for the layer's arms; None = :func:`build_arms` over ``recommender``.
     """
     app = FastAPI(
         title="rectorch",
         summary=f"{recommender.manifest.family} recommendations",
         default_response_class=SafeJSONResponse,
+        lifespan=lambda _: _sweeping(layer),
     )
     manifest = recommender.manifest
     store = store if store is not None else MemoryStore(history_length(manifest.inputs))
+    if layer is not None:
+        arms = dict(arms) if arms is not None else build_arms(layer.settings, recommender)
+        if sorted(arms) != sorted(layer.arms):
+            raise ValueError(f"create_app: arms {sorted(arms)} do not match the strategy layer's {sorted(layer.arms)}")
+        columns = item_columns(arms)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ValueError, _bad_request)  # BundleError is a ValueError
@@ -290,11 +360,43 @@ def create_app(
             when = {event.item_id: event.timestamp for event in events}  # the latest event per item
             asked = time.time() if body["now"] is None else body["now"]
             body["history_times"] = [when.get(item, asked) for item in body["history"]]
+        if layer is None:
+            return SafeJSONResponse(_payload(_answer(recommender, body)))
         try:
-            result = recommender.recommend(**body)
+            segment = layer.segment(sum(i in recommender.catalog.row_of for i in body["history"]), body["context"])
         except ValueError as error:
             raise HTTPException(status_code=400, detail=str(error)) from error
-        return SafeJSONResponse(_payload(result))
+
+        def answer(arm: str) -> Recommendation:
+            return _answer(arms[arm], body)
+
+        impression, result = layer.serve(answer, segment, user_id, body["context"], columns)
+        payload = _payload(result)
+        for item in payload["items"]:
+            item["propensity"] = impression.propensity
+        payload.update(impression_id=impression.impression_id, arm=impression.arm, segment=impression.segment)
+        return SafeJSONResponse(payload)
+
+    @app.post("/feedback")
+    def feedback(request: FeedbackRequest) -> SafeJSONResponse:
+        if layer is None:
+            return _error(404, "no strategy layer: /feedback needs strategy.mode uniform or thompson")
+        try:
+            return SafeJSONResponse(layer.feedback(request.impression_id, request.clicked, request.converted))
+        except FeedbackRefused as refused:
+            return _error(refused.status, str(refused))
+
+    @app.get("/strategy/{segment}")
+    def strategy(segment: Annotated[Text, Path(description="new, returning, all or <field>=<value>")]) -> dict:
+        if layer is None:
+            raise HTTPException(status_code=404, detail="no strategy layer (strategy.mode is off)")
+        counts = layer.bandit.counts(segment)
+        chance = layer.bandit.probabilities(segment)
+        listed = {
+            arm: {"impressions": n, "clicks": c, "probability": float(p)}
+            for (arm, (n, c)), p in zip(counts.items(), chance, strict=True)
+        }
+        return {"segment": segment, "mode": layer.bandit.mode, "control": layer.settings.control, "arms": listed}
 
     @app.post("/events")
     def events(request: EventsRequest) -> SafeJSONResponse:
@@ -353,6 +455,9 @@ def create_app(
         summary.update(quantization=manifest.quantization, versions=manifest.versions)
         summary["settings"] = asdict(recommender.settings)
         summary["sessions"] = {"store": store.name, "max_events": store.max_events, "ttl_seconds": store.ttl_seconds}
+        if layer is not None:
+            summary["strategy"] = {"mode": layer.bandit.mode, "arms": layer.arms, "control": layer.settings.control}
+            summary["strategy"]["segment_by"] = layer.settings.segment_by
         return summary
 
     return app

@@ -5,7 +5,9 @@ Settings are layered, later wins: the :class:`ServeSettings` defaults, the setti
 (``port=8001``, ``recommend.mmr_lambda=0.8``; Hydra-style, without Hydra: serving never imports it).
 The session store comes from ``session_store`` (``session_store=redis://127.0.0.1:6379/0``, or
 ``serve.session_store=...``); it keeps ``session_max_events`` events per user (default: the newest items
-the bundle's encoder reads).
+the bundle's encoder reads). The strategy layer comes from ``strategy`` (``strategy.mode=thompson``, arms in
+the YAML file: ``strategy: {mode: thompson, arms: [{name: control}, {name: explore, settings:
+{explore_share: 0.1}}, {name: pop, bundle: export/pop}], log_dir: logs/impressions}``); it shares the store.
 """
 
 import argparse
@@ -55,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from rectorch.serving.app import create_app
     from rectorch.serving.recommender import Recommender
     from rectorch.serving.sessions import history_length, open_store
+    from rectorch.serving.strategy import build_arms, build_layer
 
     try:
         settings = parse_settings(sys.argv[1:] if argv is None else argv)
@@ -63,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         max_events = settings.session_max_events or history_length(recommender.manifest.inputs)
         store = open_store(settings.session_store, max_events, settings.session_ttl_seconds)
+        layer = arms = None
+        if settings.strategy.mode != "off":
+            arms = build_arms(settings.strategy, recommender, settings.precision, settings.threads)
+            layer = build_layer(settings.strategy, store)
     except (ValueError, OSError) as error:  # BundleError is a ValueError
         print(f"rectorch-serve: error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(2)
@@ -70,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"rectorch-serve: {shown}", file=sys.stderr)
     try:
         uvicorn.run(
-            create_app(recommender, settings.max_body_bytes, store, settings.events_max_batch),
+            create_app(recommender, settings.max_body_bytes, store, settings.events_max_batch, layer, arms),
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,

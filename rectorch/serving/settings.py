@@ -66,6 +66,109 @@ class RecommendSettings:
 
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+STRATEGY_MODES = ("off", "uniform", "thompson")
+
+
+@dataclass
+class ArmSettings:
+    """One arm of the strategy layer: a bundle (default: the served one) with stage-setting overrides.
+
+    Args:
+        name: the arm's name in answers, counters and logs (letters, digits, ``_.-``; at most 64).
+        bundle: bundle directory; None = the served bundle (the arm is a settings variant of it).
+        settings: :class:`RecommendSettings` overrides laid over that bundle's settings (``{"mmr_lambda": 0.8}``).
+    """
+
+    name: str = "???"
+    bundle: str | None = None
+    settings: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        if self.name == ArmSettings.name:
+            raise ValueError("every arm needs a name (name: ...)")
+        if not ARM_NAME.fullmatch(self.name):
+            raise ValueError(f"arm name must be 1-64 letters, digits or _.- (not first), got {self.name!r}")
+        recommend_settings(None, self.settings, f"arm {self.name!r}", "settings.")  # unknown keys fail here
+
+
+@dataclass
+class StrategySettings:
+    """The strategy layer (:mod:`rectorch.serving.strategy`): arms, the bandit, segments, feedback, logs.
+
+    Args:
+        mode: ``off`` (plain answers), ``uniform`` (an A/B split: a user's arm is a hash of their id) or
+            ``thompson`` (Beta-Bernoulli Thompson sampling on answer clicks, per segment).
+        arms: :class:`ArmSettings` (or mappings of them); empty = one arm ``control``, the served bundle.
+        control: the control arm; None = ``control`` when an arm has that name, else the first arm.
+        name: namespace of the posterior counters in the session store (a new name starts from the prior).
+        segment_by: ``history`` (``new`` below ``returning_min_history`` known history items, else
+            ``returning``), ``none`` (one segment ``all``) or ``context.<field>`` (segment ``<field>=<value>``
+            from the request's ``context``; an integer in ``[0, context_segments)``, ``<field>=missing`` when absent).
+        returning_min_history: known history items that make a user ``returning``.
+        context_segments: how many values a ``context.<field>`` segment may take.
+        explore_share: share of each answer's ``k`` slots (rounded down) given to new or under-exposed items,
+            set on every arm (an arm's own ``settings.explore_share`` wins); None = each arm keeps its own.
+        draws: Monte Carlo draws from the posteriors that estimate Thompson sampling's arm probabilities.
+        refresh_seconds: how long a segment's arm probabilities are reused before the counters are read again.
+        feedback_ttl_seconds: how long after an answer ``POST /feedback`` is accepted for it.
+        seed: seed of the draws and of the choices.
+        log_dir: directory of the Parquet impression logs; None = no logs.
+        log_rows_per_file: a log file is completed at this many rows.
+        log_flush_seconds: buffered rows are written at the latest this long after the first of them.
+    """
+
+    mode: str = "off"
+    arms: list = field(default_factory=list)
+    control: str | None = None
+    name: str = "default"
+    segment_by: str = "history"
+    returning_min_history: int = 5
+    context_segments: int = 16
+    explore_share: float | None = None
+    draws: int = 2000
+    refresh_seconds: float = 1.0
+    feedback_ttl_seconds: float = 600.0
+    seed: int = 0
+    log_dir: str | None = None
+    log_rows_per_file: int = 100_000
+    log_flush_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        if self.mode not in STRATEGY_MODES:
+            raise ValueError(f"strategy.mode must be one of {list(STRATEGY_MODES)}, got {self.mode!r}")
+        if self.mode == "off" and self.arms:
+            raise ValueError("strategy.arms are set but strategy.mode is off (set uniform or thompson)")
+        arms = [
+            arm if isinstance(arm, ArmSettings) else build(ArmSettings, arm, f"strategy.arms[{i}]")
+            for i, arm in enumerate(self.arms)
+        ]
+        if self.mode != "off" and not arms:
+            arms = [ArmSettings("control")]
+        names = [arm.name for arm in arms]
+        if len(set(names)) < len(names):
+            raise ValueError(f"strategy.arms: arm names must be unique, got {names}")
+        self.arms = arms
+        if self.control is None and names:
+            self.control = "control" if "control" in names else names[0]
+        if self.control is not None and self.control not in names:
+            raise ValueError(f"strategy.control {self.control!r} is not an arm; arms: {names}")
+        if not ARM_NAME.fullmatch(self.name):
+            raise ValueError(f"strategy.name must be 1-64 letters, digits or _.-, got {self.name!r}")
+        if self.segment_by not in ("history", "none") and not re.fullmatch(r"context\.[^\s]{1,64}", self.segment_by):
+            raise ValueError(f"strategy.segment_by must be history, none or context.<field>, got {self.segment_by!r}")
+        if self.returning_min_history < 0 or not 0 < self.context_segments <= 1024:
+            raise ValueError("strategy.returning_min_history must be >= 0 and context_segments in 1..1024")
+        if self.explore_share is not None and not 0.0 <= self.explore_share <= 0.5:
+            raise ValueError(f"strategy.explore_share must lie in [0, 0.5] (5-15 % is usual), got {self.explore_share}")
+        if not 10 <= self.draws <= 1_000_000 or not 0 < self.refresh_seconds <= 3600:
+            raise ValueError("strategy.draws must lie in 10..1000000 and refresh_seconds in (0, 3600]")
+        if not 0 < self.feedback_ttl_seconds <= 30 * 86400:
+            raise ValueError(f"strategy.feedback_ttl_seconds must lie in (0, 30 days], got {self.feedback_ttl_seconds}")
+        if not 0 < self.log_rows_per_file <= 100_000_000 or not 0 < self.log_flush_seconds <= 86400:
+            raise ValueError("strategy.log_rows_per_file must lie in 1..1e8 and log_flush_seconds in (0, 86400]")
 
 
 @dataclass
@@ -89,6 +192,7 @@ class ServeSettings:
         session_max_events: events kept per user; None = the newest items the encoder reads (its history length).
         events_max_batch: most events one ``POST /events`` may carry.
         recommend: stage knobs (the bundle's recorded ones unless overridden).
+        strategy: arms, Thompson sampling or a uniform split, feedback and impression logs (off by default).
     """
 
     bundle: str = "???"
@@ -104,6 +208,7 @@ class ServeSettings:
     session_max_events: int | None = None
     events_max_batch: int = 1000
     recommend: RecommendSettings = field(default_factory=RecommendSettings)
+    strategy: StrategySettings = field(default_factory=StrategySettings)
 
     def __post_init__(self) -> None:
         _check_types(self)
