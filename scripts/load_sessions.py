@@ -1,15 +1,18 @@
-"""Load ``rectorch-serve`` with sessions on loopback: clients mixing events and recommend-by-user, one JSON line.
+"""Load ``rectorch-serve`` with sessions on loopback: clients mixing events, recommend-by-user and feedback.
 
     python scripts/load_sessions.py [--url URL] [--bundle DIR] [--store redis://...] [--seconds 60] [--clients 16]
 
 Without ``--url`` it starts ``rectorch-serve`` on a free 127.0.0.1 port over ``--bundle`` (default: the
 synthetic bundle of ``scripts/soak_serving.py``) with ``session_store=--store``; without ``--store`` it
 first starts a temporary ``redis-server`` (appendonly, fsync always) in a temporary directory. Both are
-stopped by PID at the end. ``--clients`` threads, each on its own keep-alive connection, send for
-``--seconds`` (or ``--max-requests`` in all): ``POST /events`` (1 to 5 view events of one of ``--users``
-users), ``POST /recommend`` by ``user_id`` (k=10) and ``GET /users/{id}/history``. Then every user that
-was sent events must have a history. Prints req/s, p50/p99 per endpoint, the error count (non-2xx answers
-and connection errors) and the users found without a history; exits 1 when either is not zero.
+stopped by PID at the end. The started server runs the strategy layer (Thompson sampling over two arms of
+the bundle: ``control`` and ``explore`` with 10 % exploration slots) on the same store. ``--clients`` threads,
+each on its own keep-alive connection, send for ``--seconds`` (or ``--max-requests`` in all): ``POST /events``
+(1 to 5 view events of one of ``--users`` users), ``POST /recommend`` by ``user_id`` (k=10), ``POST
+/feedback`` for one of the client's earlier answers (its first item clicked 30 % of the time) and ``GET
+/users/{id}/history``. Then every user that was sent events must have a history. Prints req/s, p50/p99 per
+endpoint, the error count (non-2xx answers and connection errors) and the users found without a history;
+exits 1 when either is not zero.
 """
 
 import argparse
@@ -35,7 +38,11 @@ from soak_serving import build_bundle, free_port, stop_server  # noqa: E402 (the
 
 from tests.serving.redis_server import RedisServer  # noqa: E402 (the tests' redis-server helper)
 
-ENDPOINTS = {"events": 0.5, "recommend": 0.45, "history": 0.05}
+ENDPOINTS = {"events": 0.4, "recommend": 0.4, "feedback": 0.15, "history": 0.05}
+STRATEGY = """strategy:
+  mode: thompson
+  arms: [{name: control}, {name: explore, settings: {explore_share: 0.1}}]
+"""
 
 
 class Tally:
@@ -61,10 +68,24 @@ class Tally:
             self.errors[key] = self.errors.get(key, 0) + 1
 
 
-def request(rng: random.Random, item_ids: list[str], users: int) -> tuple[str, str, str, bytes | None, str]:
-    """``(endpoint, method, path, body, user)`` drawn from the mix."""
+def request(
+    rng: random.Random, item_ids: list[str], users: int, answers: list[tuple[str, list[str]]]
+) -> tuple[str, str, str, bytes | None, str]:
+    """``(endpoint, method, path, body, user)`` drawn from the mix; feedback answers one of ``answers`` once."""
     endpoint = rng.choices(list(ENDPOINTS), weights=list(ENDPOINTS.values()))[0]
     user = f"user{rng.randrange(users)}"
+    if endpoint == "feedback" and answers:
+        impression, shown = answers.pop(rng.randrange(len(answers)))
+        clicked = shown[:1] if shown and rng.random() < 0.3 else []
+        return (
+            endpoint,
+            "POST",
+            "/feedback",
+            json.dumps({"impression_id": impression, "clicked": clicked}).encode(),
+            user,
+        )
+    if endpoint == "feedback":
+        endpoint = "recommend"
     if endpoint == "events":
         now = time.time()
         events = [
@@ -83,15 +104,20 @@ def client(
     """One keep-alive connection sending drawn requests until the deadline or the shared request budget ends."""
     rng = random.Random(seed)
     connection = http.client.HTTPConnection(*address, timeout=30)
+    answers: list[tuple[str, list[str]]] = []
     while time.monotonic() < deadline and budget.acquire(blocking=False):
-        endpoint, method, path, body, user = request(rng, item_ids, args.users)
+        endpoint, method, path, body, user = request(rng, item_ids, args.users, answers)
         headers = {"Content-Type": "application/json"} if body is not None else {}
         start = time.perf_counter()
         try:
             connection.request(method, path, body=body, headers=headers)
             response = connection.getresponse()
-            response.read()
+            payload = response.read()
             tally.add(endpoint, time.perf_counter() - start, response.status, user)
+            if endpoint == "recommend" and response.status == 200:
+                answer = json.loads(payload)
+                if answer.get("impression_id"):
+                    answers.append((answer["impression_id"], [item["id"] for item in answer["items"]]))
         except (OSError, http.client.HTTPException) as error:
             tally.error(endpoint, error)
             connection.close()
@@ -113,6 +139,8 @@ def lost_sessions(url: str, users: set[str]) -> int:
 
 def start_server(bundle: Path, store: str, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    settings = log.parent / "strategy.yaml"
+    settings.write_text(STRATEGY)
     command = [
         sys.executable,
         "-m",
@@ -120,6 +148,8 @@ def start_server(bundle: Path, store: str, log: Path) -> tuple[subprocess.Popen,
         f"bundle={bundle}",
         f"port={port}",
         f"session_store={store}",
+        "--settings",
+        str(settings),
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     with log.open("wb") as out:
