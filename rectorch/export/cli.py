@@ -28,6 +28,7 @@ def export(cfg: DictConfig) -> Path:
     """Rebuild the run named by ``cfg``, write its bundle, log it to MLflow; returns the bundle dir."""
     from rectorch.export.pipeline import export_run, log_bundle
     from rectorch.export.ranking import two_stage_parts
+    from rectorch.export.web import WEB_DIR, runtime_files, write_web_bundle
     from rectorch.ranking.saved import RANKING_DIR, RANKING_FILE
     from rectorch.runs import load_run
     from rectorch.serving.settings import recommend_settings
@@ -44,6 +45,11 @@ def export(cfg: DictConfig) -> Path:
         name = f"{run.family}-{run.spec.name}-{run.run_dir.name}"
     bundle_dir = Path(cfg.bundle_dir or Path(cfg.paths.export_dir) / name)
     settings = {key: instantiate(cfg.export[key], _convert_="all") for key in ("onnx", "quantize", "index")}
+    target = instantiate(cfg.export.target, _convert_="all")
+    if target.kind == "web":  # fail before the export, not after it
+        if two_stage:
+            raise ValueError("export/target=web serves retrieval only; this run has a ranking stage")
+        runtime_files(target.runtime_dir)
     manifest = export_run(
         run,
         bundle_dir,
@@ -55,6 +61,8 @@ def export(cfg: DictConfig) -> Path:
         available_feature=cfg.available_feature,
         serving=recommend_settings(overrides=OmegaConf.to_container(cfg.serving), where="export", prefix="serving."),
     )
+    if target.kind == "web":
+        print(f"rectorch-export: wrote the web bundle {write_web_bundle(bundle_dir, bundle_dir / WEB_DIR, target)}")
     run_id = cfg.mlflow_run_id or run.mlflow_run_id
     if two_stage:
         run_id = json.loads((Path(cfg.run_dir) / "metrics.json").read_text()).get("mlflow_run_id")
