@@ -1,11 +1,22 @@
-"""Serving latency on a synthetic 1M-item catalog: encode, search, recommend in-process and over HTTP.
+"""Serving latency on a synthetic 1M-item catalog: encode, search, recommend in-process and over HTTP, and the
+learned ranking stage.
 
 Builds (or reuses) one bundle per model family with the real encoder architecture (``conf/model/<name>.yaml``;
 transformer/tower weights from ``--run-dir`` when given, item tables replaced by clustered synthetic vectors),
 then prints one JSON line per measurement with ``stage``, ``items``, ``precision``, ``threads``,
 ``concurrency``, ``p50_ms``, ``p95_ms``, ``p99_ms``, ``qps`` (and ``errors`` for HTTP).
 
+``--stages`` picks what is measured (default: all three): ``retrieval`` (``encode``, ``search``, ``recommend``
+rows), ``http`` (``--skip-http`` drops it) and ``ranking``: two-stage bundles derived from that bundle (item
+statistics from synthetic interactions, a LightGBM LambdaRank ranker of ``--ranker-trees`` ×
+``--ranker-leaves`` exported to ONNX; see ``bench_ranking.py``), which add the rows ``ranker``, ``channels``,
+``features``, ``ranking_stage`` and ``recommend_two_stage``, with ``channels`` (the channel set: ``ann+popular``,
+``ann+popular+covisit``, ``ann400+popular+covisit``), ``candidates`` (mean per request; 500 rows for ``ranker``),
+``trees``, ``leaves``, ``features``, ``round`` (``--rounds`` repeats every ranking section) and ``cpu_p50_ms``,
+``cpu_p95_ms``, ``cpu_p99_ms`` (the thread's CPU time per call: on a shared machine, the cost without the waits).
+
     OMP_NUM_THREADS=1 python scripts/bench_serving.py --models sasrec two_tower --items 1000000
+    OMP_NUM_THREADS=1 python scripts/bench_serving.py --models sasrec --stages ranking --precisions int8 --rounds 2
 """
 
 import os
@@ -23,6 +34,7 @@ import threading
 import time
 from pathlib import Path
 
+import bench_ranking
 import numpy as np
 import torch  # before faiss (see notes/dependencies.md)
 
@@ -30,12 +42,12 @@ from rectorch.data.spec import DataSpec
 from rectorch.export.index import IndexSettings, build_index, choose_factory, tune_index
 from rectorch.export.onnx_export import OnnxSettings, export_onnx, validate
 from rectorch.export.quantize import quantize_int8
-from rectorch.serving import Catalog, Recommender, RecommendSettings
+from rectorch.serving import Catalog, Recommender
 from rectorch.serving.bundle import write_bundle
-from rectorch.serving.cli import parse_settings
 from rectorch.serving.encoder import build_feed, session
 
 CLUSTERS, CATEGORIES, HISTORY = 2048, 20, 50
+STAGES = ("retrieval", "http", "ranking")
 NOW = 1_700_000_000.0
 
 
@@ -151,9 +163,9 @@ def _feeds(spec: list, batch: list[np.ndarray], size: int = 256) -> list[dict]:
     ]
 
 
-def percentiles(seconds: list[float]) -> dict:
+def percentiles(seconds: list[float], prefix: str = "") -> dict:
     ms = np.asarray(seconds) * 1000
-    return {f"p{q}_ms": round(float(np.percentile(ms, q)), 4) for q in (50, 95, 99)}
+    return {f"{prefix}p{q}_ms": round(float(np.percentile(ms, q)), 4) for q in (50, 95, 99)}
 
 
 def emit(stage: str, items: int, precision: str, concurrency: int, seconds: list[float], wall: float, **extra) -> None:
@@ -167,9 +179,9 @@ def requests_for(bundle: Path, count: int, seed: int) -> list[list[str]]:
     return [[f"item{i - 1}" for i in h] for h in histories(cluster, count, np.random.default_rng(seed + 1))]
 
 
-def bench_inprocess(bundle: Path, precision: str, settings: RecommendSettings, requests: list[list[str]]) -> None:
-    recommender = Recommender.from_bundle(bundle, settings, precision=precision, threads=1)
-    items, catalog = recommender.manifest.num_items, recommender.catalog
+def bench_inprocess(bundle: Path, precision: str, requests: list[list[str]]) -> None:
+    recommender = Recommender.from_bundle(bundle, precision=precision, threads=1)  # the settings it records
+    items, catalog, settings = recommender.manifest.num_items, recommender.catalog, recommender.settings
     for history in requests[:50]:
         recommender.recommend(history, now=NOW)
     stages: dict[str, list[float]] = {"encode": [], "search": [], "recommend": []}
@@ -259,15 +271,36 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--run-dir", type=Path, action="append", default=[], help="trained run(s) to take weights from")
     parser.add_argument("--bundle-root", type=Path, default=Path("/tmp/rectorch-bench"))
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--requests", type=int, default=2000, help="in-process requests per precision")
     parser.add_argument("--http-requests", type=int, default=1000, help="HTTP requests per client")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "int8"])
-    parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--skip-http", action="store_true", help="same as leaving http out of --stages")
     parser.add_argument("--seed", type=int, default=0)
+    ranking = parser.add_argument_group("ranking stage")
+    ranking.add_argument("--channel-sets", nargs="+", choices=list(bench_ranking.CHANNEL_SETS))
+    ranking.add_argument("--ranker-trees", type=int, default=300)
+    ranking.add_argument("--ranker-leaves", type=int, nargs="+", default=[63, 31], help="the first is served")
+    ranking.add_argument("--ranker-queries", type=int, default=2000, help="synthetic queries the ranker learns from")
+    ranking.add_argument("--ranker-calls", type=int, default=2000, help="RankerModel.score calls per ranker row")
+    ranking.add_argument("--users", type=int, default=200_000, help="synthetic users behind the item statistics")
+    ranking.add_argument("--interactions", type=int, default=2_000_000, help="their interactions")
+    ranking.add_argument("--rounds", type=int, default=1, help="times each ranking section is measured")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    stages = set(args.stages) - ({"http"} if args.skip_http else set())
+    options = bench_ranking.Options(
+        channel_sets=args.channel_sets or list(bench_ranking.CHANNEL_SETS),
+        users=args.users,
+        interactions=args.interactions,
+        queries=args.ranker_queries,
+        trees=args.ranker_trees,
+        leaves=args.ranker_leaves,
+        calls=args.ranker_calls,
+        rounds=args.rounds,
+        seed=args.seed,
+    )
     runs = {json.loads((r / "metrics.json").read_text())["model"]: r for r in args.run_dir}
-    settings = parse_settings(["bundle=-"]).recommend
     for name in args.models:
         bundle = args.bundle_root / f"{name}-{args.items}"
         if not (bundle / "manifest.json").is_file():
@@ -275,9 +308,31 @@ def main() -> None:
             print(json.dumps({"stage": "build", "model": name, "items": args.items, **build}), flush=True)
         requests = requests_for(bundle, max(args.requests, 16 * 50), args.seed)
         for precision in args.precisions:
-            bench_inprocess(bundle, precision, settings, requests[: args.requests])
-            if not args.skip_http:
+            if "retrieval" in stages:
+                bench_inprocess(bundle, precision, requests[: args.requests])
+            if "http" in stages:
                 bench_http(bundle, precision, requests, args.items, args.http_requests)
+        if "ranking" in stages:
+            bench_two_stage(bundle, name, args.precisions, requests[: args.requests], options, args.seed)
+
+
+def bench_two_stage(
+    bundle: Path,
+    model: str,
+    precisions: list[str],
+    requests: list[list[str]],
+    options: bench_ranking.Options,
+    seed: int,
+) -> None:
+    """Build the missing two-stage bundles (``build`` rows), then print the ranking rows."""
+    rng = np.random.default_rng(seed + 2)
+    train = bench_ranking.with_times(requests_for(bundle, options.queries, seed + 100), NOW, rng)
+    for row in bench_ranking.build(bundle, options, train, NOW):
+        print(json.dumps({**row, "model": model}), flush=True)
+    queries = bench_ranking.with_times(requests, NOW, rng)
+    for row in bench_ranking.rows(bundle, precisions, queries, options, NOW):
+        cpu = percentiles(row.pop("cpu"), "cpu_")
+        emit(**row, **cpu, model=model)
 
 
 if __name__ == "__main__":
