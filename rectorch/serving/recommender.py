@@ -239,12 +239,12 @@ class Recommender:
         self, request: _Request, query: np.ndarray | None, found: np.ndarray | None, scored: np.ndarray | None = None
     ) -> Recommendation:
         settings, catalog = self.settings, self.catalog
-        stage_scores: list[dict[str, float]] | None = None
+        ranked: Ranked | None = None
         if query is None:
             rows = stages.popular_rows(catalog, settings.candidates, request.blocked, request.categories)
             relevance, sources = stages.min_max(np.log1p(catalog.popularity[rows])), np.full(len(rows), "popular")
         elif self.ranking is not None:
-            rows, relevance, sources, stage_scores = self._ranked(request, found, scored)
+            rows, relevance, sources, ranked = self._ranked(request, found, scored)
         else:
             rows, sources = self._candidates(request, found)
             relevance = stages.min_max(self.index.vectors(rows) @ query) if len(rows) else np.zeros(0)
@@ -253,7 +253,7 @@ class Recommender:
         )
         order = self._diversify(rows, relevance, request.k - self._explore_slots(request.k))
         rows, scores, sources = rows[order], relevance[order], sources[order]
-        picked = [stage_scores[i] for i in order] if stage_scores is not None else []
+        picked = self._stage_scores(ranked, order) if ranked is not None else []
         shown = len(rows)
         rows, scores, sources = self._explore(request, rows, scores, sources)
         return Recommendation(
@@ -262,7 +262,7 @@ class Recommender:
             sources=[str(s) for s in sources],
             fallback=None if query is not None else "empty_history",
             unknown_items=request.unknown,
-            stage_scores=picked + [{}] * (len(rows) - shown) if stage_scores is not None else [],
+            stage_scores=picked + [{}] * (len(rows) - shown) if ranked is not None else [],
         )
 
     def explain(self, **request: Any) -> Ranked:
@@ -290,13 +290,9 @@ class Recommender:
         return self.ranking.rank(features, merged, keep)
 
     def _ranked(self, request: _Request, found: np.ndarray, scored: np.ndarray):
-        """Ranker-ordered candidates (topped up with popular rows when short), their relevance and stage scores."""
+        """Ranker-ordered candidates (topped up with popular rows when short), their relevance, and the ranking."""
         ranked = self._rank_request(request, found, scored)
         rows, sources = ranked.rows, ranked.sources
-        stage_scores = [
-            {**{n: float(s) for n, s in zip(self.ranking.names, column, strict=True) if s == s}, "ranker": float(r)}
-            for column, r in zip(ranked.channel_scores.T, ranked.scores, strict=True)
-        ]
         relevance = stages.min_max(ranked.scores.astype(np.float64)) if len(rows) else np.zeros(0)
         short = request.k - len(rows)
         if short > 0:
@@ -304,8 +300,19 @@ class Recommender:
             rows = np.concatenate([rows, popular])
             sources = np.concatenate([sources, np.full(len(popular), "popular")])
             relevance = np.concatenate([relevance, np.full(len(popular), -1.0)])
-            stage_scores += [{} for _ in popular]
-        return rows, relevance, sources, stage_scores
+        return rows, relevance, sources, ranked
+
+    def _stage_scores(self, ranked: Ranked, positions: np.ndarray) -> list[dict[str, float]]:
+        """Channel and ranker scores of the answered candidates (``positions`` past the ranked ones: top-ups)."""
+        out = []
+        for p in positions:
+            if p >= len(ranked.rows):
+                out.append({})
+                continue
+            channels = ranked.channel_scores[:, p]
+            scores = {name: float(s) for name, s in zip(self.ranking.names, channels, strict=True) if s == s}
+            out.append({**scores, "ranker": float(ranked.scores[p])})
+        return out
 
     def _candidates(self, request: _Request, found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """ANN rows merged with the popularity channel, filtered, topped up with popular rows when short."""
