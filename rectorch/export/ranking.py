@@ -6,6 +6,7 @@ from typing import Any
 
 from rectorch.ranking.saved import RANKER_ONNX, STATS_FILE, read_ranking
 from rectorch.runs import Run, load_run
+from rectorch.serving.features import ItemStats
 
 #: a saved channel kind → its kind in the bundle (a run channel is served by the bundle's index)
 SERVED_KINDS = {"run": "ann", "covisit": "covisit", "popular": "popular"}
@@ -37,6 +38,8 @@ def two_stage_parts(run_dir: str | Path, tracking_uri: str | None = None) -> tup
             served["anchors"] = int(channel["anchors"])
         channels.append(served)
     builder = saved.record["builder"]
+    # the similarity features read the run channel's item vectors: serving takes them from the index it ships
+    stats = ItemStats.from_bytes(saved.file(STATS_FILE), STATS_FILE)
     section = {
         "channels": channels,
         "features": saved.feature_names,
@@ -46,11 +49,12 @@ def two_stage_parts(run_dir: str | Path, tracking_uri: str | None = None) -> tup
         "user_fields": list(builder["user_fields"]),
         "max_candidates": int(builder["max_candidates"]),
         "validation": {"ranker": saved.record["ranker"]},
+        "similarity_vectors": "index" if stats.vectors is not None else "none",
     }
     metrics = saved.directory.parent / "metrics.json"
     extra = {
         "ranking": section,
-        "extra_files": {RANKER_ONNX: saved.file(RANKER_ONNX), STATS_FILE: saved.file(STATS_FILE)},
+        "extra_files": {RANKER_ONNX: saved.file(RANKER_ONNX), STATS_FILE: stats.with_vectors(None).to_bytes()},
         "extra_source": {"two_stage_run_dir": str(saved.directory.parent), "two_stage_metrics": str(metrics)},
         "metric": "ip",  # the channel's scores as the ranker learned them (q · v, no normalisation)
     }

@@ -6,6 +6,7 @@ interactions only; :class:`FeatureBuilder` turns one :class:`Request` and its me
 a ``(C, F)`` matrix whose columns are named by ``FeatureBuilder.names``.
 """
 
+import dataclasses
 import io
 import math
 import re
@@ -77,6 +78,15 @@ def top_covisits(indptr: np.ndarray, rows: np.ndarray, num_items: int, window: i
     row_max = np.zeros(num_items, np.int64)
     np.maximum.at(row_max, item, counts)
     return out_indptr, neighbour.astype(np.int64), (counts / row_max[item]).astype(np.float32)
+
+
+def unit_rows(vectors: np.ndarray, num_items: int) -> np.ndarray:
+    """``(num_items, D)`` float32 rows scaled to unit L2 norm (all-zero rows stay zero)."""
+    vectors = np.asarray(vectors, np.float32)
+    if vectors.ndim != 2 or len(vectors) != num_items:
+        raise ValueError(f"vectors must have shape ({num_items}, D), got {vectors.shape}")
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
 @dataclass
@@ -223,11 +233,7 @@ class ItemStats:
         first_seen[np.isinf(first_seen)] = np.nan
         covisit = top_covisits(indptr.astype(np.int64), rows, num_items, covisit_window, covisit_top)
         if vectors is not None:
-            vectors = np.asarray(vectors, np.float32)
-            if vectors.ndim != 2 or len(vectors) != num_items:
-                raise ValueError(f"vectors must have shape ({num_items}, D), got {vectors.shape}")
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+            vectors = unit_rows(vectors, num_items)
         features = {}
         for name, values in (numeric or {}).items():
             values = np.asarray(values, np.float32)
@@ -235,6 +241,10 @@ class ItemStats:
                 raise ValueError(f"numeric feature {show(name)} has shape {values.shape}, expected ({num_items},)")
             features[name] = values
         return cls(popularity, recent, first_seen, category, category_hour, *covisit, vectors, features)
+
+    def with_vectors(self, vectors: np.ndarray | None) -> "ItemStats":
+        """The same tables with these similarity vectors (L2-normalised here, as :meth:`from_interactions` does)."""
+        return dataclasses.replace(self, vectors=None if vectors is None else unit_rows(vectors, self.num_items))
 
     def to_bytes(self) -> bytes:
         """An uncompressed ``.npz`` of every table (no object arrays)."""

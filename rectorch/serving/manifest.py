@@ -96,7 +96,8 @@ class Manifest:
         ranking: the ranking stage, empty without one: ``channels`` (merge order; each ``name``, ``kind``
             ``ann``/``covisit``/``popular``, ``n`` and, for co-visitation, ``anchors``), ``features`` (the
             ranker's input columns, in order), ``ranker`` and ``stats`` (the ONNX ranker and the item
-            statistics the features read), ``last_n``, ``user_fields``, ``max_candidates``, ``validation``.
+            statistics the features read), ``last_n``, ``user_fields``, ``max_candidates``, ``validation``,
+            and ``similarity_vectors``: ``index`` when the similarity features read the index's item vectors.
         id_offset: model item id of row 0.
         schema_version: bumped on incompatible changes.
     """
@@ -249,16 +250,25 @@ def _validate(raw: Any, where: str) -> None:
 
 
 CHANNEL_KINDS = ("ann", "covisit", "popular")
-_RANKING_KEYS = {"channels", "features", "ranker", "stats", "last_n", "user_fields", "max_candidates", "validation"}
+_RANKING_KEYS = {"channels", "features", "ranker", "stats", "last_n", "user_fields", "max_candidates"}
+_RANKING_OPTIONAL = {"validation", "similarity_vectors"}
 _CHANNEL_KEYS = {"name", "kind", "n", "anchors"}
 
 
 def _check_ranking(where: str, ranking: dict) -> set[str]:
     """The ranking section's keys and bounds; returns the files it references."""
-    unknown = sorted(ranking.keys() - _RANKING_KEYS)
-    missing = sorted(_RANKING_KEYS - {"validation"} - ranking.keys())
+    unknown = sorted(ranking.keys() - _RANKING_KEYS - _RANKING_OPTIONAL)
+    missing = sorted(_RANKING_KEYS - ranking.keys())
     if unknown or missing:
-        _fail(where, "ranking", f"an object with the keys {sorted(_RANKING_KEYS)}", unknown or missing)
+        keys = f"{sorted(_RANKING_KEYS)} and optional {sorted(_RANKING_OPTIONAL)}"
+        _fail(where, "ranking", f"an object with the keys {keys}", unknown or missing)
+    if ranking.get("similarity_vectors", "none") not in ("index", "none"):
+        _fail(
+            where,
+            "ranking.similarity_vectors",
+            "'index' (the index's item vectors) or 'none'",
+            ranking["similarity_vectors"],
+        )
     channels = ranking["channels"]
     if not isinstance(channels, list) or not 1 <= len(channels) <= 16:
         _fail(where, "ranking.channels", "a list of 1 to 16 channels", channels)

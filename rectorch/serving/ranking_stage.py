@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from rectorch.serving.features import FeatureBuilder, ItemStats, Request
+from rectorch.serving.index import ItemIndex
 from rectorch.serving.item_channels import covisit_list, popular_list
 from rectorch.serving.manifest import BundleError
 from rectorch.serving.merge import Merged, merge_channels
@@ -57,8 +58,15 @@ class RankingStage:
         self.ann_n = int(ann[0]["n"]) if ann else 0
 
     @classmethod
-    def from_blobs(cls, section: Mapping[str, Any], blobs: Mapping[str, bytes], num_items: int, threads: int):
+    def from_blobs(
+        cls, section: Mapping[str, Any], blobs: Mapping[str, bytes], index: ItemIndex, threads: int
+    ) -> "RankingStage":
+        """The stage of a verified bundle: its statistics (with the index's item vectors when the section says
+        ``similarity_vectors: index``) and its ranker."""
+        num_items = index.size
         stats = ItemStats.from_bytes(blobs[section["stats"]], section["stats"])
+        if section.get("similarity_vectors") == "index":
+            stats = stats.with_vectors(index.vectors(np.arange(num_items)))
         ranker = RankerModel(blobs[section["ranker"]], list(section["features"]), threads, section["ranker"])
         return cls(section, stats, ranker, num_items)
 

@@ -131,7 +131,7 @@ class Recommender:
         catalog = Catalog.from_bytes((ids, blobs[ids]), (items, blobs[items]), manifest.categories, manifest.num_items)
         ranking = None
         if manifest.ranking:
-            ranking = RankingStage.from_blobs(manifest.ranking, blobs, manifest.num_items, threads)
+            ranking = RankingStage.from_blobs(manifest.ranking, blobs, index, threads)
         return cls(manifest, encoder, index, catalog, settings, ranking)
 
     def recommend(

@@ -153,3 +153,7 @@ def test_the_bundle_answers_with_channel_and_ranker_scores(served_two_stage) -> 
     assert ranker_scores == sorted(ranker_scores, reverse=True)  # no MMR or exploration: ranker order
     assert results["channels_trained"] == ["sasrec"]
     assert served.manifest.ranking["features"] == read_ranking(Path(cfg.paths.output_dir)).feature_names
+    # the similarity features read the index's vectors: the bundle does not hold them twice
+    assert served.manifest.ranking["similarity_vectors"] == "index"
+    assert ItemStats.from_bytes((bundle / "features.npz").read_bytes()).vectors is None
+    assert served.ranking.stats.vectors is not None
