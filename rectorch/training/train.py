@@ -76,6 +76,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
     fix_mmap_threshold(cfg.get("malloc_mmap_threshold_mb"))
+    privacy = _privacy(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -83,7 +84,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     context = datamodule.context
 
     timer = TrainTimer()
-    callbacks = [timer, RandomStateCheckpoint(), *_instantiate_all(cfg.get("callbacks"))]
+    callbacks = [timer, RandomStateCheckpoint(), *([privacy] if privacy else [])]
+    callbacks += _instantiate_all(cfg.get("callbacks"))
     loggers: list[Logger] = _instantiate_all(cfg.get("logger"), **_logger_names(cfg, context.spec.name, model.family))
     overrides = {"max_epochs": 1} if model.closed_form else {}
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
@@ -94,7 +96,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log_run_config(mlflow, cfg, _tags(cfg, datamodule, model.family, protocol.as_dict()), output_dir)
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    fit_data = privacy.datamodule(datamodule) if privacy else datamodule
+    trainer.fit(model, datamodule=fit_data, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     train_seconds = time.perf_counter() - start
 
     checkpoint = _best_checkpoint(trainer, model, output_dir)
@@ -118,6 +121,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": str(checkpoint),
         "mlflow_run_id": mlflow.run_id if mlflow is not None else None,
     }
+    if privacy is not None:
+        results["privacy"] = privacy.report()
     if trainer.is_global_zero:
         metrics_path = output_dir / "metrics.json"
         metrics_path.write_text(json.dumps(results, indent=2))
@@ -126,6 +131,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if mlflow is not None:
             log_results(mlflow, [metrics_path, *saved], str(checkpoint))
     return results
+
+
+def _privacy(cfg: DictConfig) -> Any:
+    """The DP-SGD callback when the config has a ``privacy`` node (``privacy=dp``), else ``None``."""
+    if not cfg.get("privacy"):
+        return None
+    try:
+        from rectorch.training.privacy import private_training
+    except ImportError as error:
+        raise ValueError(f"privacy: DP-SGD needs Opacus (pip install 'rectorch[privacy]'): {error}") from error
+    return private_training(cfg)
 
 
 def save_run(

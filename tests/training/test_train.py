@@ -17,7 +17,10 @@ from rectorch.training.train import train
 from tests.conftest import data_dir
 
 MODEL_CONFIGS = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
-EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+RECIPES = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+# single-model recipes; the two-stage ones (channels → ranker) are checked below and in tests/ranking
+EXPERIMENTS = [name for name in RECIPES if not name.startswith("two_stage_")]
+TWO_STAGE = [name for name in RECIPES if name.startswith("two_stage_")]
 
 # what a recipe's name promises: <model>_<dataset>[_variant]
 MODEL_CLASSES = {
@@ -128,6 +131,26 @@ def test_every_experiment_composes_to_its_recipe(compose_train, experiment: str)
     for key, value in leaves(values).items():
         assert OmegaConf.select(cfg, key) == value, key
     assert cfg.trainer.get("fast_dev_run") in (None, False)  # nothing of debug leaks into a recipe
+
+
+@pytest.mark.parametrize("experiment", TWO_STAGE)
+def test_every_two_stage_recipe_trains_its_channels_on_its_own_data(compose_train, experiment: str) -> None:
+    """A two-stage recipe names its dataset's source, a ranker, and run channels whose training overrides compose
+    to a single-model recipe of the same dataset."""
+    from hydra import compose, initialize_config_dir
+
+    cfg = compose_train(f"experiment={experiment}", small=False)
+    dataset = experiment.removeprefix("two_stage_")
+    assert dataset == "synthetic" or cfg.data.source._target_ == SOURCES[dataset][0]
+    assert "_target_" in cfg.ranker and cfg.two_stage._target_ == "rectorch.ranking.pipeline.TwoStage"
+    runs = [c for c in cfg.two_stage.channels.values() if c._target_.endswith("RunChannel")]
+    assert runs and all(c.run is None for c in runs)
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        for channel in runs:
+            trained = compose(config_name="train", overrides=list(channel.train))
+            assert trained.model._target_ in MODEL_CLASSES.values()
+            if dataset != "synthetic":
+                assert trained.data.source._target_ == cfg.data.source._target_
 
 
 @pytest.fixture(scope="module")

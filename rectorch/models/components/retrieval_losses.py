@@ -25,29 +25,42 @@ class InBatchSoftmaxLoss(nn.Module):
     row's positive (a duplicate positive in the batch, or an accidental uniform hit) is masked out of
     that row; the row's own positive stays.
 
+    With ``in_batch=False`` a row's candidates are its own positive and the uniform negatives only, and
+    each row embeds its candidates itself (``encode_items`` of ``(B, 1 + M)`` ids): its loss then depends
+    on its own example alone, which DP-SGD's per-example gradients need (in-batch negatives make each
+    row's loss depend on the other rows' items). Uniform candidates need no logQ correction.
+
     Args:
         temperature: divides the cosine scores (smaller = sharper).
         uniform_negatives: uniform negatives shared by the batch (0 = in-batch only).
-        logq_correction: subtract the log expected candidate count.
+        logq_correction: subtract the log expected candidate count (in-batch candidates only).
+        in_batch: the batch's positives are candidates for every row.
 
     Shapes:
-        queries ``(B, D)``; items ``(B,)`` in ``1..N``; ``encode_items(ids (C,)) -> (C, D)``;
+        queries ``(B, D)``; items ``(B,)`` in ``1..N``; ``encode_items(ids (C,) or (B, 1 + M)) -> (..., D)``;
         sampling_prob ``(N + 1,)`` → scalar.
     """
 
-    def __init__(self, temperature: float = 0.05, uniform_negatives: int = 0, logq_correction: bool = True) -> None:
+    def __init__(
+        self, temperature: float = 0.05, uniform_negatives: int = 0, logq_correction: bool = True, in_batch: bool = True
+    ) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         if uniform_negatives < 0:
             raise ValueError(f"uniform_negatives must be >= 0, got {uniform_negatives}")
+        if not in_batch and uniform_negatives == 0:
+            raise ValueError("uniform_negatives must be >= 1 when in_batch is false (no other candidates)")
         self.temperature, self.uniform_negatives, self.logq_correction = temperature, uniform_negatives, logq_correction
+        self.in_batch = in_batch
 
     def forward(
         self, queries: Tensor, items: Tensor, encode_items: Callable[[Tensor], Tensor], sampling_prob: Tensor
     ) -> Tensor:
         batch, num_items = items.shape[0], sampling_prob.shape[0] - 1
         negatives = torch.randint(1, num_items + 1, (self.uniform_negatives,), device=items.device)
+        if not self.in_batch:
+            return self._own_candidates(queries, items, encode_items, negatives)
         candidates = torch.cat([items, negatives])  # (C,) with C = B + M
         logits = queries @ encode_items(candidates).T / self.temperature  # (B, C)
         if self.logq_correction:
@@ -58,8 +71,19 @@ class InBatchSoftmaxLoss(nn.Module):
         duplicate[rows, rows] = False
         return F.cross_entropy(logits.masked_fill(duplicate, float("-inf")), rows)
 
+    def _own_candidates(
+        self, queries: Tensor, items: Tensor, encode_items: Callable[[Tensor], Tensor], negatives: Tensor
+    ) -> Tensor:
+        """Each row against its positive (column 0) and the uniform negatives, embedded per row."""
+        candidates = torch.cat([items.unsqueeze(1), negatives.expand(len(items), -1)], dim=1)  # (B, 1 + M)
+        logits = torch.einsum("bd,bcd->bc", queries, encode_items(candidates)) / self.temperature
+        hit = candidates == items.unsqueeze(1)
+        hit[:, 0] = False
+        target = torch.zeros_like(items)
+        return F.cross_entropy(logits.masked_fill(hit, float("-inf")), target)
+
     def extra_repr(self) -> str:
         return (
             f"temperature={self.temperature}, uniform_negatives={self.uniform_negatives}, "
-            f"logq_correction={self.logq_correction}"
+            f"logq_correction={self.logq_correction}, in_batch={self.in_batch}"
         )
