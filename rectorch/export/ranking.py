@@ -51,6 +51,8 @@ def two_stage_parts(run_dir: str | Path, tracking_uri: str | None = None) -> tup
         "validation": {"ranker": saved.record["ranker"]},
         "similarity_vectors": "index" if stats.vectors is not None else "none",
     }
+    if saved.record["ranker"].get("base"):
+        section["ranker_base"] = saved.record["ranker"]["base"]
     metrics = saved.directory.parent / "metrics.json"
     extra = {
         "ranking": section,

@@ -25,6 +25,7 @@ import numpy as np
 from rectorch.interprocess import write_atomic
 from rectorch.ranking.data import RankingData
 from rectorch.ranking.ranker import export_sample, group_ndcg, validate_export
+from rectorch.serving.ranker import RankBase
 
 MODEL_FILE, IMPORTANCE_FILE = "ranker.txt", "feature_importance.json"
 OBJECTIVES = ("lambdarank", "rank_xendcg")  # the ranking objectives onnxmltools converts
@@ -72,6 +73,8 @@ class LightGBMRanker:
         seed: int = 0,
         objective: str = "lambdarank",
         extra_params: dict[str, Any] | None = None,
+        base_rank: str | None = None,
+        base_weight: float = 1.0,
     ) -> None:
         if objective not in OBJECTIVES:
             raise ValueError(f"ranker.objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -100,6 +103,8 @@ class LightGBMRanker:
                 raise ValueError(f"ranker.extra_params.{key} is set by LightGBMRanker itself; use its own argument")
         self.params.update(extra_params or {})
         self.num_boost_round, self.early_stopping_rounds, self.eval_at = num_boost_round, early_stopping_rounds, eval_at
+        self.base_rank, self.base_weight = base_rank, float(base_weight)
+        self.base: RankBase | None = None
         self.feature_names: list[str] = []
         self.booster: lgb.Booster | None = None
         self.onnx_report: dict[str, Any] = {}
@@ -113,8 +118,19 @@ class LightGBMRanker:
             raise ValueError(f"train and valid feature names differ: {train.names} vs {valid.names}")
         started = time.perf_counter()
         names = lightgbm_names(train.names)
-        train_set = lgb.Dataset(train.features, train.labels, group=train.groups, feature_name=names)
-        valid_set = lgb.Dataset(valid.features, valid.labels, group=valid.groups, reference=train_set)
+        self.base = None
+        if self.base_rank is not None:
+            if self.base_rank not in train.names:
+                raise ValueError(f"ranker.base_rank={self.base_rank!r} is not a feature; features: {train.names}")
+            column = train.features[:, train.names.index(self.base_rank)]
+            missing = float(np.nanmax(column, initial=0.0)) + 1.0  # a candidate the channel did not retrieve
+            self.base = RankBase(self.base_rank, self.base_weight, missing)
+        train_set = lgb.Dataset(
+            train.features, train.labels, group=train.groups, feature_name=names, init_score=self._base(train)
+        )
+        valid_set = lgb.Dataset(
+            valid.features, valid.labels, group=valid.groups, reference=train_set, init_score=self._base(valid)
+        )
         history: dict[str, Any] = {}
         booster = lgb.train(
             self.params,
@@ -148,8 +164,19 @@ class LightGBMRanker:
             "fit_seconds": time.perf_counter() - started,
         }
 
+    def _base(self, data: RankingData) -> np.ndarray | None:
+        return None if self.base is None else self.base.scores(data.features, data.names)
+
     def predict(self, features: np.ndarray) -> np.ndarray:
-        """Scores ``(N,)`` float64 of feature rows ``(N, F)`` (NaN = missing), read as float32."""
+        """Scores ``(N,)`` float64 of feature rows ``(N, F)`` (NaN = missing), read as float32: the trees plus
+        the base prior when ``base_rank`` is set."""
+        trees = self.tree_scores(features)
+        if self.base is None:
+            return trees
+        return trees + self.base.scores(np.ascontiguousarray(features, np.float32), self.feature_names)
+
+    def tree_scores(self, features: np.ndarray) -> np.ndarray:
+        """The trees' part of :meth:`predict` (what the ONNX model computes)."""
         booster = self._fitted()
         features = np.ascontiguousarray(features, np.float32)
         if features.ndim != 2 or features.shape[1] != len(self.feature_names):
@@ -166,7 +193,7 @@ class LightGBMRanker:
         booster = self._fitted()
         model = convert(lgb.Booster(model_str=float32_exact(booster.model_to_string())), len(self.feature_names))
         rows = np.concatenate([self._reference.reshape(-1, len(self.feature_names)), boundary_rows(booster)])
-        return validate_export(self, model, export_sample(rows, rows=len(rows)))
+        return validate_export(self, model, export_sample(rows, rows=len(rows)), self.tree_scores)
 
     def save(self, directory: str | Path) -> list[Path]:
         """Write ``ranker.txt`` (LightGBM's text model) and ``feature_importance.json`` (total gain per feature)."""

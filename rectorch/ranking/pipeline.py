@@ -288,6 +288,8 @@ class TwoStage:
                 continue
             ranker = copy.deepcopy(self._unfitted)
             kept = [n for n, k in zip(names, keep, strict=True) if k]
+            if getattr(ranker, "base_rank", None) not in (None, *kept):  # its prior's column is dropped too
+                ranker.base_rank = None
             ranker.fit(_columns(fit.data.with_positive(), keep, kept), _columns(stop.data.with_positive(), keep, kept))
             scores = ranker.predict(test.data.features[:, keep])
             results[f"without_{group}"] = self.evaluate(test, scores, settings, context, test_queries)

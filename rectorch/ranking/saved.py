@@ -6,7 +6,7 @@ ranker's ONNX validation. Export reads it back with :func:`read_ranking`; nothin
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,12 @@ def save_ranking(output_dir: Path, result: TwoStageResult, fingerprint: str, set
         "channels": result.channels,
         "features": list(result.builder.names),
         "builder": settings,
-        "ranker": {"name": result.ranker.name, "file": RANKER_ONNX, "onnx": getattr(result.ranker, "onnx_report", {})},
+        "ranker": {
+            "name": result.ranker.name,
+            "file": RANKER_ONNX,
+            "onnx": getattr(result.ranker, "onnx_report", {}),
+            "base": None if getattr(result.ranker, "base", None) is None else asdict(result.ranker.base),
+        },
         "stats": STATS_FILE,
     }
     written.append(_write(directory / RANKING_FILE, json.dumps(record, indent=2, sort_keys=True).encode()))

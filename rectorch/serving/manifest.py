@@ -97,7 +97,8 @@ class Manifest:
             ``ann``/``covisit``/``popular``, ``n`` and, for co-visitation, ``anchors``), ``features`` (the
             ranker's input columns, in order), ``ranker`` and ``stats`` (the ONNX ranker and the item
             statistics the features read), ``last_n``, ``user_fields``, ``max_candidates``, ``validation``,
-            and ``similarity_vectors``: ``index`` when the similarity features read the index's item vectors.
+            ``similarity_vectors`` (``index`` when the similarity features read the index's item vectors) and
+            ``ranker_base`` (the :class:`~rectorch.serving.ranker.RankBase` prior added to the ranker's output).
         id_offset: model item id of row 0.
         schema_version: bumped on incompatible changes.
     """
@@ -251,7 +252,7 @@ def _validate(raw: Any, where: str) -> None:
 
 CHANNEL_KINDS = ("ann", "covisit", "popular")
 _RANKING_KEYS = {"channels", "features", "ranker", "stats", "last_n", "user_fields", "max_candidates"}
-_RANKING_OPTIONAL = {"validation", "similarity_vectors"}
+_RANKING_OPTIONAL = {"validation", "similarity_vectors", "ranker_base"}
 _CHANNEL_KEYS = {"name", "kind", "n", "anchors"}
 
 

@@ -4,10 +4,43 @@ Any ranker rectorch exports (LightGBM, neural) has one float input ``[N, F]`` wi
 columns, NaN meaning missing, and one output of N scores (``[N]`` or ``[N, 1]``).
 """
 
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
 from rectorch.serving.encoder import session
 from rectorch.serving.manifest import BundleError, show
+
+
+@dataclass(frozen=True)
+class RankBase:
+    """A prior the ranker's trees correct: ``weight · −log1p(rank)`` of one channel's rank column, ``missing``
+    standing in for the rank of a candidate that channel did not retrieve. Training adds it as LightGBM's
+    initial score and serving adds it to the ONNX trees' output: both through :meth:`scores`."""
+
+    feature: str
+    weight: float
+    missing: float
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], names: Sequence[str], where: str = "ranker_base") -> "RankBase":
+        try:
+            base = cls(str(raw["feature"]), float(raw["weight"]), float(raw["missing"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise BundleError(f"{where} must hold feature, weight and missing: {show(dict(raw))}") from error
+        if base.feature not in names or not (math.isfinite(base.weight) and math.isfinite(base.missing)):
+            raise BundleError(
+                f"{where}: feature {show(base.feature)} must be a ranker feature, weight and missing finite"
+            )
+        return base
+
+    def scores(self, features: np.ndarray, names: Sequence[str]) -> np.ndarray:
+        """Shapes: ``(N, F)`` → ``(N,)`` float64."""
+        rank = features[:, list(names).index(self.feature)].astype(np.float64)
+        return -self.weight * np.log1p(np.where(np.isnan(rank), self.missing, np.maximum(rank, 0.0)))
 
 
 class RankerModel:
@@ -18,6 +51,7 @@ class RankerModel:
         feature_names: the columns the model reads, in order (from the manifest).
         threads: onnxruntime intra-op threads (inter-op 1, sequential execution).
         name: the model's file name, for messages.
+        base: the prior added to the model's output (a ranker fitted on top of one channel's order), or None.
 
     Raises:
         BundleError: the bytes are not a loadable model, or its input or output is not the one-float-matrix
@@ -25,9 +59,14 @@ class RankerModel:
     """
 
     def __init__(
-        self, onnx_bytes: bytes, feature_names: list[str], threads: int = 1, name: str = "ranker.onnx"
+        self,
+        onnx_bytes: bytes,
+        feature_names: list[str],
+        threads: int = 1,
+        name: str = "ranker.onnx",
+        base: RankBase | None = None,
     ) -> None:
-        self.name, self.feature_names = name, list(feature_names)
+        self.name, self.feature_names, self.base = name, list(feature_names), base
         try:
             self.session = session(onnx_bytes, threads)
         except Exception as error:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
@@ -54,7 +93,10 @@ class RankerModel:
         if not len(features):
             return np.zeros(0, np.float32)
         (scores,) = self.session.run([self.output], {self.input: features})
-        return np.asarray(scores, np.float32).reshape(len(features))
+        scores = np.asarray(scores, np.float32).reshape(len(features))
+        if self.base is not None:
+            scores = (scores + self.base.scores(features, self.feature_names)).astype(np.float32)
+        return scores
 
     def _check(self) -> None:
         """Two probe rows (all zero, all missing) must give two finite scores."""

@@ -16,7 +16,7 @@ from rectorch.serving.index import ItemIndex
 from rectorch.serving.item_channels import covisit_list, popular_list
 from rectorch.serving.manifest import BundleError
 from rectorch.serving.merge import Merged, merge_channels
-from rectorch.serving.ranker import RankerModel
+from rectorch.serving.ranker import RankBase, RankerModel
 
 
 @dataclass
@@ -67,7 +67,9 @@ class RankingStage:
         stats = ItemStats.from_bytes(blobs[section["stats"]], section["stats"])
         if section.get("similarity_vectors") == "index":
             stats = stats.with_vectors(index.vectors(np.arange(num_items)))
-        ranker = RankerModel(blobs[section["ranker"]], list(section["features"]), threads, section["ranker"])
+        names = list(section["features"])
+        base = RankBase.from_dict(section["ranker_base"], names) if section.get("ranker_base") else None
+        ranker = RankerModel(blobs[section["ranker"]], names, threads, section["ranker"], base)
         return cls(section, stats, ranker, num_items)
 
     def lists(self, history: np.ndarray, seen: np.ndarray, ann: tuple[np.ndarray, np.ndarray] | None) -> Merged:

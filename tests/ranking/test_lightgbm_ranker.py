@@ -228,3 +228,34 @@ def test_config_builds_the_default_ranker() -> None:
     ranker = instantiate(OmegaConf.load(CONFIG))
     assert isinstance(ranker, LightGBMRanker)
     assert ranker.params == LightGBMRanker().params and ranker.num_boost_round == 500
+
+
+def test_a_rank_prior_is_corrected_not_replaced() -> None:
+    """With few training queries the trees alone cannot rebuild a strong channel's order; on top of that
+    order (``base_rank``) they keep it and fix what a second feature knows. Served = trained to 1e-5."""
+    rng = np.random.default_rng(5)
+
+    def queries(count: int) -> RankingData:
+        strong = rng.normal(size=(count, LENGTH)).astype(np.float32)  # a channel's score, mostly right
+        hint = rng.normal(size=(count, LENGTH)).astype(np.float32)
+        utility = strong + 0.5 * hint + 0.2 * rng.normal(size=(count, LENGTH))
+        labels = np.zeros((count, LENGTH), np.float32)
+        labels[np.arange(count), utility.argmax(axis=1)] = 1.0
+        rank = np.argsort(np.argsort(-strong, axis=1), axis=1).astype(np.float32)  # 0 = the channel's best
+        rank[rng.random(rank.shape) < 0.05] = np.nan  # not retrieved by that channel
+        features = np.stack([rank.ravel(), hint.ravel()], axis=1)
+        return RankingData(features, labels.ravel(), np.full(count, LENGTH), ["ch_rank", "hint"])
+
+    train, valid, test = queries(40), queries(40), queries(400)
+    channel_order = group_ndcg(-np.nan_to_num(test.features[:, 0], nan=LENGTH), test.labels, test.groups)
+    plain = LightGBMRanker(early_stopping_rounds=10, **SMALL)
+    plain.fit(train, valid)
+    based = LightGBMRanker(early_stopping_rounds=10, base_rank="ch_rank", base_weight=1.0, **SMALL)
+    based.fit(train, valid)
+    with_prior = group_ndcg(based.predict(test.features), test.labels, test.groups)
+    alone = group_ndcg(plain.predict(test.features), test.labels, test.groups)
+    assert with_prior > max(channel_order, alone) + 0.03, (with_prior, channel_order, alone)
+    served = RankerModel(based.to_onnx(), ["ch_rank", "hint"], base=based.base)
+    np.testing.assert_allclose(served.score(test.features), based.predict(test.features), atol=1e-5)
+    with pytest.raises(ValueError, match="base_rank='nope'"):
+        LightGBMRanker(base_rank="nope", **SMALL).fit(train, valid)
