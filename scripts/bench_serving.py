@@ -34,9 +34,11 @@ import threading
 import time
 from pathlib import Path
 
-import bench_ranking
 import numpy as np
 import torch  # before faiss (see notes/dependencies.md)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling, also when run as a file by runpy
+import bench_ranking
 
 from rectorch.data.spec import DataSpec
 from rectorch.export.index import IndexSettings, build_index, choose_factory, tune_index
