@@ -69,6 +69,11 @@ def _channels(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, Any], dict[s
 def train_two_stage(cfg: DictConfig) -> dict[str, Any]:
     """Fit and evaluate the two-stage pipeline of ``cfg.two_stage``; returns what its ``metrics.json`` holds."""
     quiet_console()
+    if cfg.get("privacy"):
+        raise ValueError(
+            "privacy=dp trains one model: train the channel with it and give the run, "
+            "two_stage.channels.<name>.run=<run dir or MLflow id>"
+        )
     start = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

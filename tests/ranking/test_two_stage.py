@@ -35,6 +35,13 @@ def test_two_stage_beats_its_best_channel_where_context_matters(compose_train) -
     assert set(saved["channels"]) == {"covisit", "popular"} and saved["protocol"]["ranking"] == "full"
 
 
+def test_privacy_is_refused_for_a_whole_pipeline(compose_train) -> None:
+    cfg = compose_train("experiment=two_stage_synthetic", *MODEL_FREE, "privacy=dp")
+    with pytest.raises(ValueError, match=r"privacy=dp trains one model"):
+        train_two_stage(cfg)
+    assert not (Path(cfg.paths.output_dir) / "metrics.json").exists()
+
+
 def _pipeline() -> TwoStage:
     channels = {"covisit": CovisitChannel("covisit", n=60), "popular": PopularityChannel("popular", n=30)}
     ranker = LightGBMRanker(num_boost_round=60, early_stopping_rounds=10, min_data_in_leaf=20)
