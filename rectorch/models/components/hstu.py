@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rectorch.models.components.sequence_encoder import reset_encoder
+
 
 def relative_position_buckets(max_len: int, num_buckets: int, causal: bool) -> Tensor:
     """``(max_len, max_len)`` bucket of the distance ``d = query − key`` for every position pair.
@@ -179,19 +181,7 @@ class HSTUEncoder(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        std = self.dim**-0.5 if self.init_std is None else self.init_std
-        nn.init.normal_(self.item_embedding.weight, std=std)
-        nn.init.normal_(self.position_embedding.weight, std=std)
-        if self.init_std is not None:
-            for module in self.blocks.modules():
-                if isinstance(module, nn.Linear):
-                    nn.init.normal_(module.weight, std=self.init_std)
-                    nn.init.zeros_(module.bias)
-            if self.xavier_qkv:
-                for block in self.blocks:
-                    nn.init.xavier_uniform_(block.uvqk.weight)
-        with torch.no_grad():
-            self.item_embedding.weight[0].zero_()
+        reset_encoder(self, [block.uvqk.weight for block in self.blocks])
 
     def attention_mask(self, items: Tensor, dtype: torch.dtype) -> Tensor:
         """``(B, 1, L, L)``: ``1 / max_len`` where a query may read a key (a real one, earlier if causal), else 0."""

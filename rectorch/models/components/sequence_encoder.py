@@ -189,19 +189,7 @@ class SequenceEncoder(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        std = self.dim**-0.5 if self.init_std is None else self.init_std
-        nn.init.normal_(self.item_embedding.weight, std=std)
-        nn.init.normal_(self.position_embedding.weight, std=std)
-        if self.init_std is not None:
-            for module in self.blocks.modules():
-                if isinstance(module, nn.Linear):
-                    nn.init.normal_(module.weight, std=self.init_std)
-                    nn.init.zeros_(module.bias)
-            if self.xavier_qkv:
-                for block in self.blocks:
-                    nn.init.xavier_uniform_(block.attn.qkv.weight)
-        with torch.no_grad():
-            self.item_embedding.weight[0].zero_()
+        reset_encoder(self, [block.attn.qkv.weight for block in self.blocks])
 
     def attention_mask(self, items: Tensor) -> Tensor:
         """Boolean ``(B, 1, L, L)`` mask: real keys (causal if set), plus each position itself."""
@@ -228,3 +216,21 @@ class SequenceEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, allowed)
         return self.norm(x) if self.pre_norm else x
+
+
+def reset_encoder(encoder: nn.Module, qkv_weights: list[torch.Tensor]) -> None:
+    """The sequence encoders' initialisation: embeddings N(0, init_std) (N(0, 1/D) when null), block linears
+    N(0, init_std) with zero bias when set, ``qkv_weights`` Xavier-uniform with ``xavier_qkv``, padding row zero."""
+    std = encoder.dim**-0.5 if encoder.init_std is None else encoder.init_std
+    nn.init.normal_(encoder.item_embedding.weight, std=std)
+    nn.init.normal_(encoder.position_embedding.weight, std=std)
+    if encoder.init_std is not None:
+        for module in encoder.blocks.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=encoder.init_std)
+                nn.init.zeros_(module.bias)
+        if encoder.xavier_qkv:
+            for weight in qkv_weights:
+                nn.init.xavier_uniform_(weight)
+    with torch.no_grad():
+        encoder.item_embedding.weight[0].zero_()
