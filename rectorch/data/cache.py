@@ -1,4 +1,7 @@
-"""Content-keyed cache of prepared datasets: one ``<fingerprint>.npz`` per (source, preprocessing, files).
+"""Content-keyed cache of prepared datasets: one entry per (source, preprocessing, files) fingerprint.
+
+An entry is ``<fingerprint>.npz`` (read into memory) or ``<fingerprint>.arrow/`` (interaction arrays as Arrow
+IPC files, memory-mapped at load: see :mod:`rectorch.data.arrow_cache`); both hold the same arrays.
 
 The file holds plain arrays only (no pickle): ids and vocabularies as unicode arrays, feature columns under
 ``item.col.<name>`` / ``user.col.<name>``, and a JSON ``meta`` string with names, kinds and sizes. It is
@@ -11,19 +14,23 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from rectorch.data.arrow_cache import ArrowError, arrow_fingerprint, read_arrow, write_arrow
 from rectorch.data.prepared import FeatureTable, PreparedDataset
 from rectorch.data.spec import FeatureSpec
 from rectorch.interprocess import file_lock
 
 CACHE_VERSION = 1
 TABLES = ("item", "user")
+CacheFormat = Literal["npz", "arrow"]
+SUFFIXES: dict[str, str] = {"npz": ".npz", "arrow": ".arrow"}
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +66,15 @@ def fingerprint(source: Any, preprocessing: Configured) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def save_prepared(dataset: PreparedDataset, path: Path) -> None:
-    """Write ``dataset`` to ``path`` atomically (temporary file + ``os.replace``)."""
-    arrays = {
-        "user_ids": dataset.user_ids.astype(str),
-        "item_ids": dataset.item_ids.astype(str),
-        "indptr": dataset.indptr,
-        "items": dataset.items,
-    }
-    if dataset.timestamps is not None:
-        arrays["timestamps"] = dataset.timestamps
+def cache_entries(cache_dir: Path, key: str, preferred: CacheFormat) -> list[Path]:
+    """The paths an entry for ``key`` may have, the ``preferred`` format first (it is the one written)."""
+    formats = [preferred, *(f for f in SUFFIXES if f != preferred)]
+    return [cache_dir / f"{key}{SUFFIXES[f]}" for f in formats]
+
+
+def side_arrays(dataset: PreparedDataset) -> dict[str, np.ndarray]:
+    """Everything but the interaction arrays: feature columns, vocabularies and the ``meta`` JSON string."""
+    arrays: dict[str, np.ndarray] = {}
     kinds: dict[str, dict[str, list]] = {}
     for table_name, table in zip(TABLES, (dataset.item_features, dataset.user_features), strict=True):
         kinds[table_name] = {n: [s.kind, s.cardinality, s.width] for n, s in table.kinds.items()}
@@ -79,25 +85,57 @@ def save_prepared(dataset: PreparedDataset, path: Path) -> None:
     meta = {"name": dataset.name, "fingerprint": dataset.fingerprint, "kinds": kinds}
     meta["category_feature"] = dataset.category_feature
     arrays["meta"] = np.array(json.dumps(meta))
+    return arrays
+
+
+def _write_npz(dataset: PreparedDataset, tmp: Path) -> None:
+    arrays = {
+        "user_ids": dataset.user_ids.astype(str),
+        "item_ids": dataset.item_ids.astype(str),
+        "indptr": dataset.indptr,
+        "items": dataset.items,
+        **side_arrays(dataset),
+    }
+    if dataset.timestamps is not None:
+        arrays["timestamps"] = dataset.timestamps
+    with tmp.open("wb") as f:
+        np.savez(f, **arrays)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is a plain shared file
+
+
+def save_prepared(dataset: PreparedDataset, path: Path) -> None:
+    """Write ``dataset`` to ``path`` (``.npz`` file or ``.arrow`` folder) atomically: temporary + ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(path.with_name(f".{path.name}.lock"), remove=True):
         for stale in path.parent.glob(f".{path.name}.*.tmp"):  # only the lock holder writes: these are dead
-            stale.unlink(missing_ok=True)
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
         if _holds(path, dataset.fingerprint):  # another process wrote it while this one prepared
             return
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        arrow = path.suffix == SUFFIXES["arrow"]
+        if arrow and path.exists():  # a damaged folder: os.replace cannot swap it, and it is not removed here
+            log.warning("cache entry %s is unreadable; left in place and not rewritten", path)
+            return
+        if arrow:
+            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        else:
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            tmp = Path(name)
         try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is a plain shared file
+            if arrow:
+                write_arrow(dataset, side_arrays(dataset), tmp)
+            else:
+                _write_npz(dataset, tmp)
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
             raise
 
 
 def _holds(path: Path, fingerprint: str) -> bool:
     """Whether ``path`` is a complete entry for ``fingerprint``: every member's CRC checks, ``meta`` matches."""
+    if path.suffix == SUFFIXES["arrow"]:
+        return arrow_fingerprint(path) == fingerprint
     try:
         with zipfile.ZipFile(path) as archive:
             if archive.testzip() is not None:
@@ -111,16 +149,19 @@ def _holds(path: Path, fingerprint: str) -> bool:
 
 def load_prepared(path: Path, fingerprint: str) -> PreparedDataset | None:
     """The cached dataset at ``path``, or None when absent, unreadable or for another fingerprint."""
-    if not path.is_file():
+    if not path.exists():
         return None
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
+        if path.suffix == SUFFIXES["arrow"]:
+            arrays = read_arrow(path)
+        else:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {key: npz[key] for key in npz.files}
         meta = json.loads(str(arrays["meta"]))
         if meta["fingerprint"] != fingerprint:
             return None
         tables = {name: _table(arrays, name, meta["kinds"][name]) for name in TABLES}
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, ArrowError) as err:
         log.warning("ignoring unreadable cache %s: %s", path, err)
         return None
     return PreparedDataset(

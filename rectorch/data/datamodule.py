@@ -6,6 +6,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from rectorch.data.cache import SUFFIXES, CacheFormat
 from rectorch.data.context import TrainContext
 from rectorch.data.prepare import Preprocessing, load_or_prepare
 from rectorch.data.prepared import PreparedDataset
@@ -25,6 +26,7 @@ class RecDataModule(L.LightningDataModule):
         batch_size: training batch size.
         eval_batch_size: users per evaluation batch (the configs pass ``evaluation.batch_users``).
         cache_dir: where prepared datasets are cached by fingerprint (``None`` disables caching).
+        cache_format: ``npz`` (read into memory) or ``arrow`` (interactions memory-mapped: large logs).
     """
 
     def __init__(
@@ -36,6 +38,7 @@ class RecDataModule(L.LightningDataModule):
         eval_batch_size: int = 256,
         cache_dir: str | Path | None = None,
         num_workers: int = 0,
+        cache_format: CacheFormat = "npz",
     ) -> None:
         super().__init__()
         if batch_size <= 0:
@@ -45,6 +48,9 @@ class RecDataModule(L.LightningDataModule):
         self.source, self.preprocessing, self.splitter = source, preprocessing, split
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        if cache_format not in SUFFIXES:
+            raise ValueError(f"data.cache_format must be one of {sorted(SUFFIXES)}, got {cache_format!r}")
+        self.cache_format = cache_format
         self.dataset: PreparedDataset | None = None
         self.split: SplitData | None = None
         self.view: ModelView | None = None
@@ -52,12 +58,12 @@ class RecDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.dataset is None:  # validate/test after fit reuse the dataset set up for fit
-            load_or_prepare(self.source, self.preprocessing, self.cache_dir)
+            load_or_prepare(self.source, self.preprocessing, self.cache_dir, self.cache_format)
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
             return
-        self.dataset = load_or_prepare(self.source, self.preprocessing, self.cache_dir)
+        self.dataset = load_or_prepare(self.source, self.preprocessing, self.cache_dir, self.cache_format)
         self.split = self.splitter(self.dataset)
 
     @property
@@ -156,6 +162,7 @@ def file_datamodule(
     batch_size: int = 128,
     eval_batch_size: int = 256,
     cache_dir: str | None = None,
+    cache_format: CacheFormat = "npz",
 ) -> RecDataModule:
     """A ``RecDataModule`` over one CSV/Parquet interactions file (what ``data=csv data.path=...`` builds)."""
     source = InteractionsFileSource(
@@ -172,5 +179,11 @@ def file_datamodule(
         category_feature=category_feature,
     )
     return RecDataModule(
-        source, preprocessing, split, batch_size=batch_size, eval_batch_size=eval_batch_size, cache_dir=cache_dir
+        source,
+        preprocessing,
+        split,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        cache_dir=cache_dir,
+        cache_format=cache_format,
     )

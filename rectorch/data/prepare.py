@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 
 from rectorch.data import columns as C
-from rectorch.data.cache import fingerprint, load_prepared, save_prepared
+from rectorch.data.cache import CacheFormat, cache_entries, fingerprint, load_prepared, save_prepared
 from rectorch.data.errors import DataError
 from rectorch.data.features import encode_features
 from rectorch.data.prepared import PreparedDataset
 from rectorch.data.raw import RawData
-from rectorch.data.sources import Source
+from rectorch.data.sources import ScanSource, Source
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +35,21 @@ class Preprocessing:
         min_rating: drop interactions rated below this (needs a rating column); None keeps all.
         user_core: drop users with fewer interactions, iterated with ``item_core`` until stable.
         item_core: drop items with fewer interactions.
+        engine: ``pandas`` (in memory) or ``polars`` (lazy, ``rectorch[scale]``; reads a source's ``scan()``
+            when it has one). Both give the same arrays, so the engine is not part of the cache key.
     """
 
     dedup: Literal["first", "last", "none"] = "first"
     min_rating: float | None = None
     user_core: int = 0
     item_core: int = 0
+    engine: Literal["pandas", "polars"] = "pandas"
 
     def __post_init__(self) -> None:
         if self.dedup not in ("first", "last", "none"):
             raise ValueError(f"preprocessing.dedup must be 'first', 'last' or 'none', got {self.dedup!r}")
+        if self.engine not in ("pandas", "polars"):
+            raise ValueError(f"preprocessing.engine must be 'pandas' or 'polars', got {self.engine!r}")
         for name in ("user_core", "item_core"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
@@ -54,9 +59,16 @@ class Preprocessing:
             raise ValueError(f"preprocessing.min_rating must be a number or null, got {self.min_rating!r}")
 
     def config(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """What changes the prepared data (the cache key): every field but the engine."""
+        config = dataclasses.asdict(self)
+        del config["engine"]
+        return config
 
     def __call__(self, raw: RawData, fingerprint: str = "") -> PreparedDataset:
+        if self.engine == "polars" or not isinstance(raw.interactions, pd.DataFrame):
+            from rectorch.data.polars_prepare import prepare_polars  # needs rectorch[scale]
+
+            return prepare_polars(raw, self, fingerprint)
         frame = raw.interactions
         _check_columns(raw, self.min_rating is not None)
         users, user_ids = external_codes(frame[C.USER], raw.name)
@@ -144,25 +156,32 @@ def k_core(users: np.ndarray, items: np.ndarray, user_core: int, item_core: int)
 
 
 def load_or_prepare(
-    source: Source, preprocessing: Preprocessing | None = None, cache_dir: str | Path | None = None
+    source: Source,
+    preprocessing: Preprocessing | None = None,
+    cache_dir: str | Path | None = None,
+    cache_format: CacheFormat = "npz",
 ) -> PreparedDataset:
     """Prepared dataset from the cache when its fingerprint matches, else read, prepare and cache it.
 
     Args:
-        source: reader with ``load()``, ``files()`` and ``config()``.
+        source: reader with ``load()``, ``files()`` and ``config()`` (and ``scan()`` for the Polars engine).
         preprocessing: filters and dedup; default ``Preprocessing()``.
-        cache_dir: folder for ``<fingerprint>.npz``; None disables caching.
+        cache_dir: folder for ``<fingerprint>.npz`` or ``<fingerprint>.arrow/``; None disables caching.
+        cache_format: ``npz`` (read into memory) or ``arrow`` (memory-mapped; for logs larger than memory
+            should hold twice). An entry in the other format is used too: the content is the same.
     """
     preprocessing = preprocessing or Preprocessing()
     key = fingerprint(source, preprocessing)
-    path = Path(cache_dir) / f"{key}.npz" if cache_dir is not None else None
-    cached = load_prepared(path, key) if path is not None else None
-    if cached is not None:
-        log.info("loaded prepared %s from %s", cached.name, path)
-        return cached
+    entries = cache_entries(Path(cache_dir), key, cache_format) if cache_dir is not None else []
+    for path in entries:
+        cached = load_prepared(path, key)
+        if cached is not None:
+            log.info("loaded prepared %s from %s", cached.name, path)
+            return cached
     start = time.perf_counter()
-    dataset = preprocessing(source.load(), key)
+    scannable = preprocessing.engine == "polars" and isinstance(source, ScanSource)
+    dataset = preprocessing(source.scan() if scannable else source.load(), key)
     log.info("prepared %s in %.1f s", dataset.name, time.perf_counter() - start)
-    if path is not None:
-        save_prepared(dataset, path)
+    if entries:
+        save_prepared(dataset, entries[0])
     return dataset

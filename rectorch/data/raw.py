@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -13,7 +14,8 @@ class RawData:
     Args:
         name: dataset name recorded in every protocol (``ml1m``, ``synthetic``, ...).
         interactions: columns ``user_id``, ``item_id`` (external ids, str or int), optional ``timestamp``
-            (int64 seconds) and ``rating`` (float), rows in file order.
+            (int64 seconds) and ``rating`` (float), rows in file order; a ``polars.LazyFrame`` of those
+            columns when a source's ``scan()`` made it.
         item_features: indexed by external item id. Each column is categorical (int/str scalars),
             multi-valued categorical (Python lists of str/int, e.g. genres), or numeric (float).
         user_features: indexed by external user id, same column kinds.
@@ -22,7 +24,7 @@ class RawData:
     """
 
     name: str
-    interactions: pd.DataFrame
+    interactions: Any  # pd.DataFrame, or polars.LazyFrame from scan()
     item_features: pd.DataFrame | None = None
     user_features: pd.DataFrame | None = None
     files: list[Path] = field(default_factory=list)

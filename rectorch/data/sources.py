@@ -8,7 +8,7 @@ locations excluded), so a cache can be keyed on content without reading the data
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,15 @@ class Source(Protocol):
     def files(self) -> list[Path]: ...
 
     def config(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class ScanSource(Source, Protocol):
+    """A reader that can also hand the Polars engine its interactions as a lazy scan (nothing read yet)."""
+
+    def scan(self) -> RawData:
+        """``RawData`` whose ``interactions`` is a ``polars.LazyFrame`` with the same columns ``load()`` gives."""
+        ...
 
 
 def data_config(source: Any, *locations: str) -> dict[str, Any]:

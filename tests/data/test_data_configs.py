@@ -13,7 +13,7 @@ from rectorch.resolvers import config_dir
 
 DATA_CONFIGS = sorted(p.stem for p in (config_dir() / "data").glob("*.yaml"))
 FIELDS = [f.name for f in dataclasses.fields(Preprocessing)]
-NEW_VALUES = {"dedup": "last", "min_rating": 4.0, "user_core": 3, "item_core": 7}
+NEW_VALUES = {"dedup": "last", "min_rating": 4.0, "user_core": 3, "item_core": 7, "engine": "polars"}
 
 
 def test_new_values_differ_from_every_default() -> None:

@@ -9,7 +9,7 @@ from rectorch.data.spec import DataSpec
 from rectorch.data.views import SequenceView
 from rectorch.models.bert4rec import BERT4RecModule, mask_items
 from rectorch.models.components.sequence_encoder import SequenceEncoder
-from rectorch.models.components.sequence_losses import FullSoftmaxLoss, SampledSoftmaxLoss
+from rectorch.models.components.sequence_losses import FullSoftmaxLoss, MixedSampledSoftmaxLoss, SampledSoftmaxLoss
 from rectorch.models.sasrec import trim_padding
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*self.log.*")
@@ -59,7 +59,7 @@ def test_rejects_bad_mask_prob() -> None:
         make(mask_prob=0.0)
 
 
-@pytest.mark.parametrize("loss", [FullSoftmaxLoss(max_logits=64), SampledSoftmaxLoss(16)])
+@pytest.mark.parametrize("loss", [FullSoftmaxLoss(max_logits=64), SampledSoftmaxLoss(16), MixedSampledSoftmaxLoss(16, 8)])
 def test_overfits_one_batch(loss: torch.nn.Module) -> None:
     model = make(loss, mask_prob=0.4)
     batch = {"items": torch.randint(1, 31, (6, 11), generator=torch.Generator().manual_seed(1))}

@@ -12,6 +12,7 @@ from rectorch.models.components.sequence_losses import (
     BCELoss,
     FullSoftmaxLoss,
     GBCELoss,
+    MixedSampledSoftmaxLoss,
     SampledSoftmaxLoss,
 )
 from rectorch.models.sasrec import SASRecModule, trim_padding
@@ -50,7 +51,8 @@ def test_trim_padding_drops_shared_leading_zeros() -> None:
 
 
 @pytest.mark.parametrize(
-    "loss", [FullSoftmaxLoss(max_logits=64), SampledSoftmaxLoss(16), BCELoss(), GBCELoss(16, t=0.75)]
+    "loss",
+    [FullSoftmaxLoss(max_logits=64), SampledSoftmaxLoss(16), BCELoss(), GBCELoss(16, t=0.75), MixedSampledSoftmaxLoss(16, 8)],
 )
 def test_overfits_one_batch(loss: torch.nn.Module) -> None:
     model = make(loss)
