@@ -59,7 +59,9 @@ def test_rejects_bad_mask_prob() -> None:
         make(mask_prob=0.0)
 
 
-@pytest.mark.parametrize("loss", [FullSoftmaxLoss(max_logits=64), SampledSoftmaxLoss(16), MixedSampledSoftmaxLoss(16, 8)])
+@pytest.mark.parametrize(
+    "loss", [FullSoftmaxLoss(max_logits=64), SampledSoftmaxLoss(16), MixedSampledSoftmaxLoss(16, 8)]
+)
 def test_overfits_one_batch(loss: torch.nn.Module) -> None:
     model = make(loss, mask_prob=0.4)
     batch = {"items": torch.randint(1, 31, (6, 11), generator=torch.Generator().manual_seed(1))}

@@ -52,7 +52,13 @@ def test_trim_padding_drops_shared_leading_zeros() -> None:
 
 @pytest.mark.parametrize(
     "loss",
-    [FullSoftmaxLoss(max_logits=64), SampledSoftmaxLoss(16), BCELoss(), GBCELoss(16, t=0.75), MixedSampledSoftmaxLoss(16, 8)],
+    [
+        FullSoftmaxLoss(max_logits=64),
+        SampledSoftmaxLoss(16),
+        BCELoss(),
+        GBCELoss(16, t=0.75),
+        MixedSampledSoftmaxLoss(16, 8),
+    ],
 )
 def test_overfits_one_batch(loss: torch.nn.Module) -> None:
     model = make(loss)
