@@ -2,11 +2,12 @@
 
     OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE python scripts/bench_large_catalog.py --data /tmp/syn50m
 
-``--data`` is a folder written by ``scripts/make_synthetic_large.py``. Each loss trains through ``rectorch-train``
-(``data=parquet``: Polars preparation, memory-mapped Arrow cache, the usual split and training context) for
-``--batches`` batches of one epoch, validation and test on one batch (they are not timed); the run's ``metrics.json`` gives the training seconds
-(validation excluded) and the peak RSS. One JSON line per loss: sequences per second, seconds per batch, peak
-RSS; then the ratio. Full CE scores every position against every item, so it runs few batches.
+``--data`` is a folder written by ``scripts/make_synthetic_large.py``. Each loss trains through
+``rectorch-train`` (``data=parquet``: Polars preparation, memory-mapped Arrow cache, the usual split and
+training context) for ``--batches`` batches of one epoch; validation and test run on one batch and are not
+timed. The run's ``metrics.json`` gives the training seconds and the peak RSS. One JSON line per loss:
+sequences per second, seconds per batch, peak RSS; then the ratio. Full CE scores every position against
+every item, so it runs few batches.
 """
 
 import argparse
