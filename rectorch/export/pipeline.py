@@ -157,8 +157,10 @@ def export_run(
 
 
 def source(run: Run) -> dict[str, Any]:
-    """Where the bundle came from: run dir, MLflow run, dataset, protocol and the run's test metrics."""
+    """Where the bundle came from: run dir, MLflow run, dataset, protocol, the run's test metrics and, for a
+    DP-SGD run, the privacy budget its accountant counted (``metrics.json`` ``privacy``)."""
     metrics = run.metrics
+    privacy = {"privacy": metrics["privacy"]} if metrics.get("privacy") else {}
     return {
         "run_dir": str(run.run_dir),
         "mlflow_run_id": run.mlflow_run_id,
@@ -168,6 +170,7 @@ def source(run: Run) -> dict[str, Any]:
         "dataset_fingerprint": run.record.data_fingerprint,
         "protocol": run.record.protocol,
         "test": {k: v for k, v in (metrics.get("test") or {}).items() if k.split("@")[0] in ("ndcg", "hr")},
+        **privacy,
     }
 
 

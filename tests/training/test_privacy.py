@@ -22,6 +22,7 @@ from rectorch.data.csr import Csr
 from rectorch.data.prepared import FeatureTable
 from rectorch.data.spec import DataSpec, FeatureSpec
 from rectorch.data.views import PairView, SequenceView
+from rectorch.export.pipeline import source
 from rectorch.models.components.history_pooling import AttentionPooling
 from rectorch.models.components.hstu import HSTUEncoder
 from rectorch.models.components.retrieval_losses import InBatchSoftmaxLoss
@@ -30,6 +31,7 @@ from rectorch.models.components.sequence_losses import FullSoftmaxLoss
 from rectorch.models.components.towers import ItemTower, UserTower
 from rectorch.models.sasrec import SASRecModule
 from rectorch.models.two_tower import TwoTowerModule
+from rectorch.runs import load_run
 from rectorch.training.per_example import PerExampleHooks, verify_per_example_gradients
 from rectorch.training.privacy import DifferentialPrivacy, PrivacySettings
 from rectorch.training.train import train
@@ -139,6 +141,7 @@ def test_dp_sasrec_spends_what_opacus_counts_and_beats_popularity(compose_train,
     assert len(per_epoch) == 5 and per_epoch[0] > 0 and per_epoch == sorted(per_epoch)
     assert per_epoch[-1] == pytest.approx(spent["epsilon"])
     if accountant == "rdp":
+        assert source(load_run(tmp_path / "run"))["privacy"] == spent  # the bundle's manifest (and the web one's)
         popularity = train(compose_train("model=popularity", *QUIET))["val"]["ndcg@10"]
         assert results["val"]["ndcg@10"] > 1.5 * popularity, (results["val"]["ndcg@10"], popularity)
 
