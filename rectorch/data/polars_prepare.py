@@ -44,22 +44,31 @@ def lazy_interactions(raw: RawData, needs_rating: bool) -> pl.LazyFrame:
 
 
 def id_map(interactions: pl.LazyFrame, column: str, name: str) -> pl.DataFrame:
-    """Distinct external ids of ``column`` (as str) in the pandas engine's order, with their code.
+    """Distinct external ids of ``column`` in the pandas engine's order: ``key`` (what the column joins on),
+    ``id`` (the id as str) and ``code``.
 
     Numeric order when every id reads as a finite-or-infinite number (ties by text), text order otherwise.
+    Integer columns keep their integers as the key, so the log joins on integers, never on 50M strings.
     """
-    distinct = interactions.select(pl.col(column).cast(pl.String).unique().alias("id")).collect()
-    if distinct["id"].null_count():
+    if interactions.collect_schema()[column].is_integer():
+        ordered = interactions.select(pl.col(column).unique().sort().alias("key")).collect()
+        ordered = ordered.with_columns(id=pl.col("key").cast(pl.String))
+    else:
+        distinct = interactions.select(pl.col(column).cast(pl.String).unique().alias("id")).collect()
+        numbers = distinct["id"].str.strip_chars().cast(pl.Float64, strict=False)
+        numeric = numbers.null_count() == distinct["id"].null_count() and not numbers.is_nan().any()
+        keys = ["number", "id"] if numeric else ["id"]
+        ordered = distinct.with_columns(number=numbers).sort(keys).with_columns(key=pl.col("id"))
+    if ordered["key"].null_count():
         raise DataError(f"{name}: column '{column}' has missing id(s)")
-    numbers = distinct["id"].str.strip_chars().cast(pl.Float64, strict=False)
-    numeric = numbers.null_count() == 0 and not numbers.is_nan().any()
-    keys = ["number", "id"] if numeric else ["id"]
-    ordered = distinct.with_columns(number=numbers).sort(keys)
-    return ordered.select("id").with_row_index("code").with_columns(pl.col("code").cast(CODE))
+    return ordered.select("key", "id").with_row_index("code").with_columns(pl.col("code").cast(CODE))
 
 
 def _coded(interactions: pl.LazyFrame, column: str, ids: pl.DataFrame) -> pl.LazyFrame:
-    return interactions.join(ids.lazy().rename({"id": column, "code": f"{column}.code"}), on=column, how="left")
+    mapping = ids.lazy().select(pl.col("key").alias(column), pl.col("code").alias(f"{column}.code"))
+    if ids.schema["key"] == pl.String:
+        interactions = interactions.with_columns(pl.col(column).cast(pl.String))
+    return interactions.join(mapping, on=column, how="left")
 
 
 def k_core_filter(coded: pl.DataFrame, user_core: int, item_core: int) -> pl.DataFrame:
@@ -85,8 +94,7 @@ def prepare_polars(raw: RawData, preprocessing: "Preprocessing", fingerprint: st
     names = lazy.collect_schema().names()
     has_time = C.TIME in names
     user_ids, item_ids = id_map(lazy, C.USER, raw.name), id_map(lazy, C.ITEM, raw.name)
-    query = lazy.with_row_index(ROW).with_columns(pl.col(C.USER).cast(pl.String), pl.col(C.ITEM).cast(pl.String))
-    query = _coded(_coded(query, C.USER, user_ids), C.ITEM, item_ids)
+    query = _coded(_coded(lazy.with_row_index(ROW), C.USER, user_ids), C.ITEM, item_ids)
     kept = [pl.col(f"{C.USER}.code").alias("user"), pl.col(f"{C.ITEM}.code").alias("item"), pl.col(ROW)]
     if has_time:
         kept.append(pl.col(C.TIME).cast(pl.Int64).alias("time"))

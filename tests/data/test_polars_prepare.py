@@ -146,3 +146,11 @@ def test_polars_engine_gives_the_ml1m_dataset_unchanged() -> None:
         pytest.skip(f"MovieLens-1M not found under {root} (set RECTORCH_DATA_DIR)")
     raw = MovieLens1MSasrecSource(root=root, with_features=True).load()
     assert_same(Preprocessing()(raw), Preprocessing(engine="polars")(raw))
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.lists(st.tuples(st.integers(-50, 50), st.integers(-(2**40), 2**40), st.integers(0, 3)), min_size=1))
+def test_integer_id_columns_join_on_integers_and_match_pandas(rows) -> None:
+    frame = pd.DataFrame(rows, columns=[C.USER, C.ITEM, C.TIME]).astype({C.USER: np.int32})
+    raw = RawData(name="integers", interactions=frame)
+    assert_same(Preprocessing()(raw), Preprocessing(engine="polars")(raw))
