@@ -11,6 +11,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from rectorch import launch
+
 CONFIG_MODULE = "rectorch.conf"
 HOME_ENV = "RECTORCH_HOME"
 #: a source checkout imported straight from its directory (``python -m pytest`` in the clone, whatever is
@@ -52,8 +54,35 @@ def monitored_metric(sampled_negatives: int | None, metric: str = "ndcg@10") -> 
     return f"val/{metric_prefix(ranking_label(sampled_negatives))}{metric}"
 
 
+def launched_devices(default: int) -> int:
+    """``trainer.devices``: the processes per node srun or torchrun started, else ``default``."""
+    layout = launch.launched_layout()
+    return layout[0] if layout else default
+
+
+def launched_nodes(default: int) -> int:
+    """``trainer.num_nodes``: the nodes srun or torchrun started processes on, else ``default``."""
+    layout = launch.launched_layout()
+    return layout[1] if layout else default
+
+
+def gpus_per_node(accelerator: str, devices: int) -> int | None:
+    """``hydra.launcher.gpus_per_node`` of ``hydra/launcher=slurm``: one GPU per task on a GPU trainer, else none."""
+    return devices if accelerator in ("gpu", "cuda") else None
+
+
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("rectorch_home"):
-        OmegaConf.register_new_resolver("rectorch_home", lambda: str(rectorch_home()))
-    if not OmegaConf.has_resolver("rectorch_monitor"):
-        OmegaConf.register_new_resolver("rectorch_monitor", monitored_metric)
+    resolvers = {
+        "rectorch_home": lambda: str(rectorch_home()),
+        "rectorch_monitor": monitored_metric,
+        "rectorch_devices": launched_devices,
+        "rectorch_nodes": launched_nodes,
+        "rectorch_rank_zero": launch.rank_zero,
+        "rectorch_gpus_per_node": gpus_per_node,
+    }
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
+    if not OmegaConf.has_resolver("rectorch_run_name"):
+        # cached like Hydra's ``now``: the run directory is read more than once and must not move
+        OmegaConf.register_new_resolver("rectorch_run_name", launch.run_name, use_cache=True)

@@ -1,5 +1,6 @@
 """The one LightningDataModule: prepare (cached) → split (leakage-checked) → batches through the model's view."""
 
+import os
 from pathlib import Path
 
 import lightning as L
@@ -103,12 +104,16 @@ class RecDataModule(L.LightningDataModule):
         return column if column.ndim == 1 else column[:, 0]
 
     def _sampler(self, dataset: IndexDataset, shuffle: bool) -> Sampler | range | None:
-        """Under DDP: shuffled shards for training, exact disjoint shards (no padding) for evaluation."""
+        """Under DDP: shuffled shards for training (shuffled by the run's seed, which ``seed_everything`` leaves in
+        ``PL_GLOBAL_SEED``), exact disjoint shards (no padding) for evaluation."""
         trainer = self.trainer
         if trainer is None or trainer.world_size == 1:
             return None
         if shuffle:
-            return DistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=True)
+            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+            return DistributedSampler(
+                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=True, seed=seed
+            )
         return range(trainer.global_rank, len(dataset), trainer.world_size)
 
     def _loader(self, dataset: IndexDataset, batch_size: int, shuffle: bool) -> DataLoader:

@@ -10,6 +10,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
+from rectorch.launch import global_rank, unshared_run_id
 from rectorch.resolvers import CONFIG_PATH, monitored_metric, register_resolvers
 
 register_resolvers()
@@ -68,7 +69,7 @@ def discard_failed_run(output_dir: Path, before: set[str]) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def train_main(cfg: DictConfig) -> float | None:
     from rectorch.training.train import train
     from rectorch.training.two_stage import train_two_stage
 
@@ -79,12 +80,22 @@ def main(cfg: DictConfig) -> float | None:
     except USER_ERRORS as error:
         if HydraConfig.get().mode.name == "MULTIRUN":
             raise
-        discard_failed_run(output_dir, before)
+        if global_rank() == 0:  # the other ranks of a launch share rank 0's run directory
+            discard_failed_run(output_dir, before)
         cause = _root_cause(error)
         print(f"rectorch-train: error: {type(cause).__name__}: {cause}", file=sys.stderr)
         sys.exit(2)
     # the value a sweeper maximises: the monitored validation metric under the run's protocol
     return results["val"].get(monitored_metric(cfg.evaluation.sampled_negatives).removeprefix("val/"))
+
+
+def main() -> None:
+    """``rectorch-train [overrides]``; a torchrun launch whose ranks cannot agree on a run directory ends here."""
+    problem = unshared_run_id()
+    if problem and not any(arg.lstrip("+").startswith("hydra.run.dir=") for arg in sys.argv[1:]):
+        print(f"rectorch-train: error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    train_main()
 
 
 if __name__ == "__main__":
