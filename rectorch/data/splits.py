@@ -7,6 +7,7 @@ import numpy as np
 from rectorch.data.csr import Csr
 from rectorch.data.errors import DataError
 from rectorch.data.prepared import PreparedDataset
+from rectorch.data.sorted_sets import has_duplicates, member_of
 
 
 @dataclass
@@ -132,15 +133,14 @@ class TemporalSplit:
 def _after_cut(full: Csr, history: Csr, target_mask: np.ndarray, num_items: int) -> EvalSet:
     """Users with history and at least one new target item in ``target_mask``."""
     candidates = full.select(target_mask)
-    fresh = ~np.isin(candidates.keys(num_items), history.keys(num_items))
+    fresh = ~member_of(candidates.keys(num_items), history.keys(num_items))
     candidates = candidates.select(fresh)
     users = np.flatnonzero((candidates.lengths() > 0) & (history.lengths() > 0))
     return EvalSet(users, history.take(users), candidates.take(users))
 
 
 def _has_repeats(full: Csr, num_items: int) -> bool:
-    keys = full.keys(num_items)
-    return len(np.unique(keys)) < len(keys)
+    return has_duplicates(full.keys(num_items))
 
 
 def check_leakage(split: SplitData, num_items: int) -> None:
@@ -153,8 +153,9 @@ def check_leakage(split: SplitData, num_items: int) -> None:
     for stage in () if split.repeats else ("val", "test"):
         es = split.eval_set(stage)
         target_keys = es.targets.keys(num_items, es.users)
-        if np.isin(target_keys, train_keys).any():
-            leaked = target_keys[np.isin(target_keys, train_keys)][0]
+        inside = member_of(target_keys, train_keys)
+        if inside.any():
+            leaked = target_keys[inside][0]
             raise DataError(
                 f"leakage in {split.kind} split: {stage} target item {leaked % (num_items + 1)} of user "
                 f"{leaked // (num_items + 1)} is also in that user's training interactions"
