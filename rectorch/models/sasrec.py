@@ -113,4 +113,4 @@ class SASRecModule(RecModule):
     def item_vectors(self) -> Tensor:
         if self.output is not None:
             return self.output.weight
-        return self.encoder.item_embedding.weight[: self.spec.num_items + 1]
+        return self.encoder.item_embedding.weight  # (N + 1, D) already: no slice, whose backward copies the table

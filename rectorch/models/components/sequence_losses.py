@@ -179,8 +179,11 @@ class MixedSampledSoftmaxLoss(nn.Module):
         count, num_items = len(targets), items.shape[0] - 1
         picks = torch.randint(0, count, (self.in_batch_negatives,), device=targets.device)
         candidates = torch.cat([targets[picks], uniform_negatives(self.uniform_negatives, items)])  # (C,)
-        positive = (hidden * items[targets]).sum(-1, keepdim=True).float()  # (P, 1)
-        negative = (hidden @ items[candidates].T).float()  # (P, C)
+        # one gather; when the table is the parameter itself (SASRec) its gradient is sparse, P + C rows instead
+        # of all N + 1 (a slice of a table, as BERT4Rec's with its mask token, cannot take a sparse gradient)
+        vectors = F.embedding(torch.cat([targets, candidates]), items, sparse=items.is_leaf)
+        positive = (hidden * vectors[:count]).sum(-1, keepdim=True).float()  # (P, 1)
+        negative = (hidden @ vectors[count:].T).float()  # (P, C)
         if self.logq_correction:
             frequency = torch.bincount(targets, minlength=num_items + 1).float() / count
             log_expected = (self.in_batch_negatives * frequency + self.uniform_negatives / num_items).log()
