@@ -135,7 +135,7 @@ def build_bundle(name: str, num_items: int, run_dir: Path | None, out: Path, see
     runtime = session(fp32)
     queries = np.vstack([runtime.run(None, feed)[0] for feed in _feeds(spec, histories(cluster, 1000, rng))])
     settings = IndexSettings()
-    factory = choose_factory(num_items, settings)
+    factory = choose_factory(num_items, vectors.shape[1], settings)
     start = time.perf_counter()
     index = build_index(vectors, factory, settings)
     timings["index_build_s"] = time.perf_counter() - start

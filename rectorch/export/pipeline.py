@@ -83,7 +83,7 @@ def indexed(
     queries = np.vstack([runtime.run(None, batch)[0] for batch in inputs]).astype(np.float32)
     if metric == "cosine":
         queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-    factory = choose_factory(len(vectors), settings)
+    factory = choose_factory(*vectors.shape, settings)
     index = build_index(vectors, factory, settings)
     info = {"factory": factory, **tune_index(index, vectors, queries, settings)}
     log.info("index %s: %s", factory, info["recall"])

@@ -23,13 +23,14 @@ class ItemIndex:
     """A loaded FAISS index whose row ``r`` is catalog row ``r``.
 
     Args:
-        index: an inner-product FAISS index (IVF indexes get a direct map for :meth:`vectors`).
+        index: an inner-product FAISS index (IVF indexes get a direct map for :meth:`vectors`; a refined
+            index reads them from its refinement codes and needs none).
     """
 
     def __init__(self, index: faiss.Index) -> None:
         self.index = index
         ivf = faiss.try_extract_index_ivf(index)
-        if ivf is not None:
+        if ivf is not None and not isinstance(index, faiss.IndexRefine):
             ivf.make_direct_map()
 
     @classmethod
