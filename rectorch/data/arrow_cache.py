@@ -4,8 +4,9 @@ Layout of ``<fingerprint>.arrow/``: ``interactions.arrow`` (Arrow IPC file, one 
 with times, ``timestamps``, int64, in CSR order), ``indptr.arrow``, ``user_ids.arrow`` and ``item_ids.arrow``
 (one column each), ``side.npz`` (feature columns, vocabularies and the ``meta`` JSON, as in the ``.npz``
 entry) and ``meta.json`` (written last: an entry without it is incomplete). At load the int64 columns become
-read-only numpy views of the mapped files (zero copy), so a process touches only the pages of the users it
-reads: under DDP each rank pages in its own shard of users, and ranks on one machine share the page cache.
+read-only numpy views of the mapped files (zero copy): the prepared arrays are never read into a process's own
+memory, and DDP ranks on one machine share their pages. (The split then copies the training and evaluation
+rows it builds, in each process.)
 """
 
 import json
@@ -15,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 ArrowError = pa.ArrowException
-COLUMNS = {"indptr.arrow": ("indptr",), "user_ids.arrow": ("user_ids",), "item_ids.arrow": ("item_ids",)}
+ID_FILES = ("indptr.arrow", "user_ids.arrow", "item_ids.arrow")
 
 
 def _write_table(path: Path, columns: dict[str, np.ndarray]) -> None:
@@ -65,7 +66,7 @@ def read_arrow(folder: Path) -> dict[str, np.ndarray]:
     if arrow_fingerprint(folder) is None:
         raise ValueError(f"{folder}: incomplete cache entry (no meta.json)")
     arrays = _mapped(folder / "interactions.arrow")
-    for name in COLUMNS:
+    for name in ID_FILES:
         arrays.update(_mapped(folder / name))
     with np.load(folder / "side.npz", allow_pickle=False) as npz:
         arrays.update({key: npz[key] for key in npz.files})

@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -103,33 +104,43 @@ def _write_npz(dataset: PreparedDataset, tmp: Path) -> None:
     os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is a plain shared file
 
 
+def entry_lock(path: Path) -> AbstractContextManager[None]:
+    """The lock that writers (and, in ``load_or_prepare``, preparers) of the entry at ``path`` take turns on."""
+    return file_lock(path.with_name(f".{path.name}.lock"), remove=True)
+
+
 def save_prepared(dataset: PreparedDataset, path: Path) -> None:
     """Write ``dataset`` to ``path`` (``.npz`` file or ``.arrow`` folder) atomically: temporary + ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(path.with_name(f".{path.name}.lock"), remove=True):
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # only the lock holder writes: these are dead
-            shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
-        if _holds(path, dataset.fingerprint):  # another process wrote it while this one prepared
-            return
-        arrow = path.suffix == SUFFIXES["arrow"]
-        if arrow and path.exists():  # a damaged folder: os.replace cannot swap it, and it is not removed here
-            log.warning("cache entry %s is unreadable; left in place and not rewritten", path)
-            return
+    with entry_lock(path):
+        write_locked(dataset, path)
+
+
+def write_locked(dataset: PreparedDataset, path: Path) -> None:
+    """``save_prepared`` for a caller that already holds :func:`entry_lock` of ``path``."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # only the lock holder writes: these are dead
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+    if _holds(path, dataset.fingerprint):  # another process wrote it while this one prepared
+        return
+    arrow = path.suffix == SUFFIXES["arrow"]
+    if arrow and path.exists():  # a damaged folder: os.replace cannot swap it, and it is not removed here
+        log.warning("cache entry %s is unreadable; left in place and not rewritten", path)
+        return
+    if arrow:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    else:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
+    try:
         if arrow:
-            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+            write_arrow(dataset, side_arrays(dataset), tmp)
         else:
-            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            os.close(fd)
-            tmp = Path(name)
-        try:
-            if arrow:
-                write_arrow(dataset, side_arrays(dataset), tmp)
-            else:
-                _write_npz(dataset, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-            raise
+            _write_npz(dataset, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        raise
 
 
 def _holds(path: Path, fingerprint: str) -> bool:

@@ -1,7 +1,8 @@
 """``ParquetSource``: interactions in a folder of Parquet parts (a data lake's export), read lazily by Polars.
 
 ``load()`` reads the parts into pandas for the pandas engine; ``scan()`` hands the Polars engine a lazy scan
-over the same parts, so nothing is read until the preparation runs and only the columns it needs are.
+over the same parts (only the time column is read up front, for its missing-value check), and the preparation
+reads only the columns it needs. Both clean ids the same way, so both engines give the same dataset.
 """
 
 import dataclasses
@@ -76,21 +77,33 @@ class ParquetSource:
         return named | ({C.RATING: self.rating_col} if self.rating_col else {})
 
     def _schema(self) -> pa.Schema:
-        parts = self.parts()
-        try:
-            schema = pq.read_schema(parts[0])
-        except (OSError, ValueError) as err:
-            raise DataError(f"{parts[0]}: cannot read as Parquet ({type(err).__name__}: {err})") from err
-        missing = [col for col in self._columns().values() if col not in schema.names]
-        if missing:
-            raise DataError(f"{parts[0]}: no column(s) {missing}; columns found: {schema.names}")
-        time_type = schema.field(self.time_col).type
-        if not (pa.types.is_integer(time_type) or pa.types.is_timestamp(time_type)):
-            raise DataError(f"{parts[0]}: column '{self.time_col}' is {time_type}; use integer seconds or a timestamp")
-        return schema
+        """The first part's schema, after checking every part has the read columns with usable types."""
+        schemas = []
+        for part in self.parts():
+            try:
+                schemas.append(pq.read_schema(part))
+            except (OSError, ValueError) as err:
+                raise DataError(f"{part}: cannot read as Parquet ({type(err).__name__}: {err})") from err
+            schema = schemas[-1]
+            missing = [col for col in self._columns().values() if col not in schema.names]
+            if missing:
+                raise DataError(f"{part}: no column(s) {missing}; columns found: {schema.names}")
+            time_type = schema.field(self.time_col).type
+            if not (pa.types.is_integer(time_type) or pa.types.is_timestamp(time_type)):
+                raise DataError(f"{part}: column '{self.time_col}' is {time_type}; use integer seconds or a timestamp")
+            for col in (self.user_col, self.item_col):
+                kind = schema.field(col).type
+                if not (pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+                    raise DataError(f"{part}: id column '{col}' is {kind}; write ids as integers or text")
+        return schemas[0]
 
     def scan(self) -> RawData:
-        import polars as pl  # rectorch[scale]
+        try:
+            import polars as pl
+        except ModuleNotFoundError as error:
+            raise ValueError(
+                f"data=parquet's lazy scan needs Polars (pip install 'rectorch[scale]'): {error}"
+            ) from error
 
         schema, columns = self._schema(), self._columns()
         time = pl.col(self.time_col)

@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from rectorch.data import columns as C
+from rectorch.data.cells import FLOAT_WHOLE
 from rectorch.data.errors import DataError
 from rectorch.data.features import encode_features
 from rectorch.data.prepared import PreparedDataset
@@ -54,8 +55,9 @@ def id_map(interactions: pl.LazyFrame, column: str, name: str) -> pl.DataFrame:
         ordered = interactions.select(pl.col(column).unique().sort().alias("key")).collect()
         ordered = ordered.with_columns(id=pl.col("key").cast(pl.String))
     else:
-        distinct = interactions.select(pl.col(column).cast(pl.String).unique().alias("id")).collect()
-        numbers = distinct["id"].str.strip_chars().cast(pl.Float64, strict=False)
+        distinct = interactions.select(_text(column).unique().alias("id")).collect()
+        _refuse_bad_text_ids(distinct["id"], column, name)
+        numbers = distinct["id"].cast(pl.Float64, strict=False)
         numeric = numbers.null_count() == distinct["id"].null_count() and not numbers.is_nan().any()
         keys = ["number", "id"] if numeric else ["id"]
         ordered = distinct.with_columns(number=numbers).sort(keys).with_columns(key=pl.col("id"))
@@ -64,10 +66,30 @@ def id_map(interactions: pl.LazyFrame, column: str, name: str) -> pl.DataFrame:
     return ordered.select("key", "id").with_row_index("code").with_columns(pl.col("code").cast(CODE))
 
 
+def _text(column: str) -> pl.Expr:
+    """Text ids as the pandas readers clean them (``cells.clean_ids``): str, surrounding blanks stripped."""
+    return pl.col(column).cast(pl.String).str.strip_chars()
+
+
+def _refuse_bad_text_ids(ids: pl.Series, column: str, name: str) -> None:
+    """Blank ids, and one id written both as ``1`` and ``1.0``, are errors, as in ``cells.clean_ids``."""
+    if (ids == "").any():
+        raise DataError(f"{name}: column '{column}' has empty id(s)")
+    floats = ids.filter(ids.str.contains(f"^(?:{FLOAT_WHOLE})$"))
+    whole = floats.str.replace(r"\.0+$", "").str.strip_chars_start("+")
+    twins = whole.is_in(ids.drop_nulls().implode())
+    if twins.any():
+        written, plain = floats.filter(twins)[0], whole.filter(twins)[0]
+        raise DataError(
+            f"{name}: column '{column}' writes one id two ways, {plain!r} and {written!r}; "
+            f"write ids consistently, e.g. as integers"
+        )
+
+
 def _coded(interactions: pl.LazyFrame, column: str, ids: pl.DataFrame) -> pl.LazyFrame:
     mapping = ids.lazy().select(pl.col("key").alias(column), pl.col("code").alias(f"{column}.code"))
     if ids.schema["key"] == pl.String:
-        interactions = interactions.with_columns(pl.col(column).cast(pl.String))
+        interactions = interactions.with_columns(_text(column))
     return interactions.join(mapping, on=column, how="left")
 
 
@@ -99,9 +121,12 @@ def prepare_polars(raw: RawData, preprocessing: "Preprocessing", fingerprint: st
     if has_time:
         kept.append(pl.col(C.TIME).cast(pl.Int64).alias("time"))
     if preprocessing.min_rating is not None:
-        kept.append(pl.col(C.RATING).cast(pl.Float64).alias("rating"))
+        kept.append(pl.col(C.RATING).cast(pl.Float64, strict=False).alias("rating"))
     query = query.select(kept).sort(["user", "time", ROW] if has_time else ["user", ROW])
     if preprocessing.min_rating is not None:
+        bad = lazy.select(pl.col(C.RATING).cast(pl.Float64, strict=False).is_null().sum()).collect().item()
+        if bad:
+            raise DataError(f"{raw.name}: column '{C.RATING}' has {bad} missing or non-numeric value(s)")
         query = query.filter(pl.col("rating") >= preprocessing.min_rating).drop("rating")
     if preprocessing.dedup != "none":
         query = query.unique(subset=["user", "item"], keep=preprocessing.dedup, maintain_order=True)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from rectorch.data import columns as C
-from rectorch.data.cache import CacheFormat, cache_entries, fingerprint, load_prepared, save_prepared
+from rectorch.data.cache import CacheFormat, cache_entries, entry_lock, fingerprint, load_prepared, write_locked
 from rectorch.data.errors import DataError
 from rectorch.data.features import encode_features
 from rectorch.data.prepared import PreparedDataset
@@ -66,9 +66,7 @@ class Preprocessing:
 
     def __call__(self, raw: RawData, fingerprint: str = "") -> PreparedDataset:
         if self.engine == "polars" or not isinstance(raw.interactions, pd.DataFrame):
-            from rectorch.data.polars_prepare import prepare_polars  # needs rectorch[scale]
-
-            return prepare_polars(raw, self, fingerprint)
+            return polars_engine()(raw, self, fingerprint)
         frame = raw.interactions
         _check_columns(raw, self.min_rating is not None)
         users, user_ids = external_codes(frame[C.USER], raw.name)
@@ -99,6 +97,17 @@ class Preprocessing:
             user_features=encode_features(raw.user_features, user_ids),
             category_feature=raw.category_feature,
         )
+
+
+def polars_engine():
+    """``prepare_polars``, or a one-line error naming the extra that installs Polars."""
+    try:
+        from rectorch.data.polars_prepare import prepare_polars
+    except ModuleNotFoundError as error:
+        raise ValueError(
+            f"preprocessing.engine=polars needs Polars (pip install 'rectorch[scale]'): {error}"
+        ) from error
+    return prepare_polars
 
 
 def _check_columns(raw: RawData, needs_rating: bool) -> None:
@@ -155,6 +164,23 @@ def k_core(users: np.ndarray, items: np.ndarray, user_core: int, item_core: int)
     return keep
 
 
+def _cached(entries: list[Path], key: str) -> PreparedDataset | None:
+    for path in entries:
+        cached = load_prepared(path, key)
+        if cached is not None:
+            log.info("loaded prepared %s from %s", cached.name, path)
+            return cached
+    return None
+
+
+def _prepare(source: Source, preprocessing: "Preprocessing", key: str) -> PreparedDataset:
+    start = time.perf_counter()
+    scannable = preprocessing.engine == "polars" and isinstance(source, ScanSource)
+    dataset = preprocessing(source.scan() if scannable else source.load(), key)
+    log.info("prepared %s in %.1f s", dataset.name, time.perf_counter() - start)
+    return dataset
+
+
 def load_or_prepare(
     source: Source,
     preprocessing: Preprocessing | None = None,
@@ -172,16 +198,16 @@ def load_or_prepare(
     """
     preprocessing = preprocessing or Preprocessing()
     key = fingerprint(source, preprocessing)
-    entries = cache_entries(Path(cache_dir), key, cache_format) if cache_dir is not None else []
-    for path in entries:
-        cached = load_prepared(path, key)
-        if cached is not None:
-            log.info("loaded prepared %s from %s", cached.name, path)
-            return cached
-    start = time.perf_counter()
-    scannable = preprocessing.engine == "polars" and isinstance(source, ScanSource)
-    dataset = preprocessing(source.scan() if scannable else source.load(), key)
-    log.info("prepared %s in %.1f s", dataset.name, time.perf_counter() - start)
-    if entries:
-        save_prepared(dataset, entries[0])
+    if cache_dir is None:
+        return _prepare(source, preprocessing, key)
+    entries = cache_entries(Path(cache_dir), key, cache_format)
+    dataset = _cached(entries, key)
+    if dataset is not None:
+        return dataset
+    entries[0].parent.mkdir(parents=True, exist_ok=True)
+    with entry_lock(entries[0]):  # processes sharing a cache (DDP ranks) prepare once: the others wait, then load
+        dataset = _cached(entries, key)
+        if dataset is None:
+            dataset = _prepare(source, preprocessing, key)
+            write_locked(dataset, entries[0])
     return dataset

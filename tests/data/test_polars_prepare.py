@@ -154,3 +154,70 @@ def test_integer_id_columns_join_on_integers_and_match_pandas(rows) -> None:
     frame = pd.DataFrame(rows, columns=[C.USER, C.ITEM, C.TIME]).astype({C.USER: np.int32})
     raw = RawData(name="integers", interactions=frame)
     assert_same(Preprocessing()(raw), Preprocessing(engine="polars")(raw))
+
+
+def test_parquet_text_ids_are_cleaned_alike_by_both_engines(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {C.USER: [" a", "a", "b ", "c", "c", "c"], C.ITEM: ["x", "y", "x", " z", "z", "y"], C.TIME: range(6)}
+    )
+    _parquet_log(tmp_path / "log", frame, parts=2)
+    source = ParquetSource(tmp_path / "log")
+    expected = Preprocessing()(source.load())
+    assert_same(expected, Preprocessing(engine="polars")(source.scan()))
+    assert list(expected.user_ids) == ["", "a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("users", "message"),
+    [(["1", "1.0", "2"], "writes one id two ways"), (["1", " ", "2"], "empty")],
+)
+def test_parquet_bad_text_ids_fail_alike(tmp_path: Path, users, message) -> None:
+    frame = pd.DataFrame({C.USER: users, C.ITEM: ["x", "y", "z"], C.TIME: [1, 2, 3]})
+    _parquet_log(tmp_path / "log", frame, parts=1)
+    source = ParquetSource(tmp_path / "log")
+    for prepare in (lambda: Preprocessing()(source.load()), lambda: Preprocessing(engine="polars")(source.scan())):
+        with pytest.raises(DataError, match=message):
+            prepare()
+
+
+def test_parquet_float_ids_and_missing_ratings_are_refused(tmp_path: Path) -> None:
+    frame = pd.DataFrame({C.USER: [1.0, 2.0], C.ITEM: [3, 4], C.TIME: [1, 2], "stars": [5.0, None]})
+    _parquet_log(tmp_path / "floats", frame, parts=1)
+    with pytest.raises(DataError, match="id column 'user_id' is double"):
+        ParquetSource(tmp_path / "floats").scan()
+    _parquet_log(tmp_path / "ratings", frame.astype({C.USER: np.int64}), parts=1)
+    source = ParquetSource(tmp_path / "ratings", rating_col="stars")
+    for prepare in (
+        lambda: Preprocessing(min_rating=3)(source.load()),
+        lambda: Preprocessing(min_rating=3, engine="polars")(source.scan()),
+    ):
+        with pytest.raises(DataError, match="missing or non-numeric"):
+            prepare()
+
+
+def test_processes_sharing_a_cold_cache_prepare_it_once(tmp_path: Path) -> None:
+    """DDP ranks start together on an empty cache: one prepares, the others wait for its entry and load it."""
+    import threading
+    import time
+
+    class CountingSource(SyntheticSource):
+        loads = 0
+
+        def load(self) -> RawData:
+            type(self).loads += 1
+            time.sleep(0.3)  # long enough for the other callers to find no entry yet
+            return super().load()
+
+    source = CountingSource(num_users=100, num_items=50, seed=5)
+    results: list[PreparedDataset] = []
+    workers = [
+        threading.Thread(target=lambda: results.append(load_or_prepare(source, Preprocessing(), tmp_path, "arrow")))
+        for _ in range(3)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert CountingSource.loads == 1 and len(results) == 3
+    for other in results[1:]:
+        assert_same(results[0], other)

@@ -184,11 +184,15 @@ class MixedSampledSoftmaxLoss(nn.Module):
         vectors = F.embedding(torch.cat([targets, candidates]), items, sparse=items.is_leaf)
         positive = (hidden * vectors[:count]).sum(-1, keepdim=True).float()  # (P, 1)
         negative = (hidden @ vectors[count:].T).float()  # (P, C)
-        if self.logq_correction:
-            frequency = torch.bincount(targets, minlength=num_items + 1).float() / count
-            log_expected = (self.in_batch_negatives * frequency + self.uniform_negatives / num_items).log()
-            positive = positive - log_expected[targets].unsqueeze(1)
-            negative = negative - log_expected[candidates]
+        if self.logq_correction:  # counts among the batch's targets by binary search: no (N + 1,) table
+            ordered = targets.sort().values
+
+            def log_expected(ids: Tensor) -> Tensor:
+                hits = torch.searchsorted(ordered, ids, right=True) - torch.searchsorted(ordered, ids)
+                return (self.in_batch_negatives * hits.float() / count + self.uniform_negatives / num_items).log()
+
+            positive = positive - log_expected(targets).unsqueeze(1)
+            negative = negative - log_expected(candidates)
         excluded = candidates == targets[:, None] if seen is None else seen.of_shared(candidates)
         logits = torch.cat([positive, negative.masked_fill(excluded, float("-inf"))], dim=1)
         return (logits.logsumexp(dim=1) - logits[:, 0]).mean()
