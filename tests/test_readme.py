@@ -86,6 +86,17 @@ def check_two_stage(ran: Ran) -> None:
     assert all("ranker" in item["stages"] for item in answer["items"])
 
 
+def check_scale(ran: Ran) -> None:
+    parquet, ddp = ran.runs()
+    assert parquet["spec"]["name"] == "parquet" and parquet["family"] == ddp["family"] == "sasrec"
+    loss = "rectorch.models.components.sequence_losses.MixedSampledSoftmaxLoss"
+    assert parquet["config"]["model"]["loss"]["_target_"] == ddp["config"]["model"]["loss"]["_target_"] == loss
+    assert parquet["config"]["data"]["preprocessing"]["engine"] == "polars"
+    assert ddp["config"]["trainer"]["strategy"] == "ddp" and ddp["config"]["trainer"]["devices"] == 2
+    (entry,) = (ran.workdir / "logs/cache").glob("*.arrow")  # the Parquet log's memory-mapped cache entry
+    assert (entry / "meta.json").is_file() and (entry / "interactions.arrow").is_file()
+
+
 COMPARE_SETUP = """
 # finished runs in the store: ML-1M runs (one of them a SASRec) from one --multirun sweep, and that sweep's id
 rectorch-train --multirun experiment=popularity_ml1m,sasrec_ml1m
@@ -119,6 +130,7 @@ BLOCKS: dict[str, Spec] = {
     ),
     "export and serve": Spec("rectorch-export run_dir=logs/runs/quick", keep_logger=True, check=check_export_and_serve),
     "two stage": Spec("experiment=two_stage_synthetic hydra.run.dir", check=check_two_stage),
+    "scale": Spec('pip install -e ".[scale]"', check=check_scale),
     "mlflow ui": Spec("mlflow ui --backend-store-uri", after="export and serve", check=check_mlflow_ui),
     "load_run": Spec("rectorch.load_run(", after="quickstart"),
     "compare()": Spec("from rectorch.compare import compare", after="compare"),
