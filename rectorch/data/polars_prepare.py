@@ -7,7 +7,6 @@ numpy. Codes are 32-bit while Polars sorts and filters (half the memory of the p
 """
 
 import logging
-from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -15,12 +14,9 @@ import polars as pl
 from rectorch.data import columns as C
 from rectorch.data.cells import FLOAT_WHOLE
 from rectorch.data.errors import DataError
-from rectorch.data.features import encode_features
+from rectorch.data.prepare import Preprocessing, assemble
 from rectorch.data.prepared import PreparedDataset
 from rectorch.data.raw import RawData
-
-if TYPE_CHECKING:
-    from rectorch.data.prepare import Preprocessing
 
 log = logging.getLogger(__name__)
 ROW = "__row"  # file order, the tie-breaker of the chronological sort
@@ -110,7 +106,7 @@ def dense_codes(codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(present), rank[codes]
 
 
-def prepare_polars(raw: RawData, preprocessing: "Preprocessing", fingerprint: str = "") -> PreparedDataset:
+def prepare_polars(raw: RawData, preprocessing: Preprocessing, fingerprint: str = "") -> PreparedDataset:
     """``preprocessing`` applied with Polars to ``raw`` (pandas interactions, or a source's lazy scan)."""
     lazy = lazy_interactions(raw, preprocessing.min_rating is not None)
     names = lazy.collect_schema().names()
@@ -138,17 +134,5 @@ def prepare_polars(raw: RawData, preprocessing: "Preprocessing", fingerprint: st
     del coded
     kept_users, user_rows = dense_codes(users, user_ids.height)
     kept_items, item_rows = dense_codes(items, item_ids.height)
-    users_text = np.concatenate([[""], user_ids["id"].to_numpy()[kept_users]]).astype(str)
-    items_text = np.concatenate([[""], item_ids["id"].to_numpy()[kept_items]]).astype(str)
-    return PreparedDataset(
-        name=raw.name,
-        fingerprint=fingerprint,
-        user_ids=users_text,
-        item_ids=items_text,
-        indptr=np.concatenate([[0, 0], np.cumsum(np.bincount(user_rows))]).astype(np.int64),
-        items=(item_rows + 1).astype(np.int64),
-        timestamps=times,
-        item_features=encode_features(raw.item_features, items_text),
-        user_features=encode_features(raw.user_features, users_text),
-        category_feature=raw.category_feature,
-    )
+    users_text, items_text = user_ids["id"].to_numpy()[kept_users], item_ids["id"].to_numpy()[kept_items]
+    return assemble(raw, fingerprint, users_text, items_text, user_rows, item_rows, times)

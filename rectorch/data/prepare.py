@@ -83,20 +83,35 @@ class Preprocessing:
             raise DataError(f"{raw.name}: no interactions left after preprocessing with {self}")
         kept_users, user_rows = np.unique(users[order], return_inverse=True)
         kept_items, item_rows = np.unique(items[order], return_inverse=True)
-        user_ids = np.concatenate([[""], user_ids[kept_users]])
-        item_ids = np.concatenate([[""], item_ids[kept_items]])
-        return PreparedDataset(
-            name=raw.name,
-            fingerprint=fingerprint,
-            user_ids=user_ids,
-            item_ids=item_ids,
-            indptr=np.concatenate([[0, 0], np.cumsum(np.bincount(user_rows))]).astype(np.int64),
-            items=(item_rows + 1).astype(np.int64),
-            timestamps=None if times is None else times[order],
-            item_features=encode_features(raw.item_features, item_ids),
-            user_features=encode_features(raw.user_features, user_ids),
-            category_feature=raw.category_feature,
-        )
+        times = None if times is None else times[order]
+        return assemble(raw, fingerprint, user_ids[kept_users], item_ids[kept_items], user_rows, item_rows, times)
+
+
+def assemble(
+    raw: RawData,
+    fingerprint: str,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    user_rows: np.ndarray,
+    item_rows: np.ndarray,
+    times: np.ndarray | None,
+) -> PreparedDataset:
+    """The prepared dataset from the kept ids (external, in internal order) and each kept row's 0-based user and
+    item row, rows already grouped by user in chronological order. Both engines end here."""
+    user_ids = np.concatenate([[""], user_ids]).astype(str)
+    item_ids = np.concatenate([[""], item_ids]).astype(str)
+    return PreparedDataset(
+        name=raw.name,
+        fingerprint=fingerprint,
+        user_ids=user_ids,
+        item_ids=item_ids,
+        indptr=np.concatenate([[0, 0], np.cumsum(np.bincount(user_rows))]).astype(np.int64),
+        items=(item_rows + 1).astype(np.int64),
+        timestamps=times,
+        item_features=encode_features(raw.item_features, item_ids),
+        user_features=encode_features(raw.user_features, user_ids),
+        category_feature=raw.category_feature,
+    )
 
 
 def polars_engine():

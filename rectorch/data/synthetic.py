@@ -45,6 +45,28 @@ FRESH_DAYS = 14  # an item is fresh this long after its release
 LATE_SHARE = 0.3  # share of the catalogue released during the log (the rest is out before it starts)
 
 
+def check_generator(args: Any, shares: tuple[str, ...], min_seq_len: int = 1) -> None:
+    """The size and share arguments a synthetic generator (``args``) has, each checked with the key's name."""
+    for key in ("num_users", "num_items", "num_categories", "num_segments", "categories_per_segment"):
+        positive_int(key, getattr(args, key))
+    positive_int("seq_len_mean", args.seq_len_mean, low=min_seq_len)
+    positive_int("seed", args.seed, low=0)
+    if args.num_categories > args.num_items:
+        raise ValueError(f"num_categories ({args.num_categories}) must not exceed num_items ({args.num_items})")
+    if args.categories_per_segment > args.num_categories:
+        raise ValueError(
+            f"categories_per_segment ({args.categories_per_segment}) must not exceed "
+            f"num_categories ({args.num_categories})"
+        )
+    for key, low, high in [(key, 0.0, 1.0) for key in shares] + [("zipf_exponent", 0.0, math.inf)]:
+        value = getattr(args, key)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value <= high:
+            bounds = f"in [{low}, {high}]" if high < math.inf else f">= {low}"
+            raise ValueError(f"{key} must be a number {bounds}, got {short(value)}")
+        if not math.isfinite(value):
+            raise ValueError(f"{key} must be finite, got {short(value)}")
+
+
 @dataclasses.dataclass
 class SyntheticSource:
     """Seeded synthetic interactions with item/user features and planted sequential transitions.
@@ -79,25 +101,7 @@ class SyntheticSource:
     freshness_effect: float = 0.0
 
     def __post_init__(self) -> None:
-        for key in ("num_users", "num_items", "num_categories", "num_segments", "categories_per_segment"):
-            positive_int(key, getattr(self, key))
-        positive_int("seq_len_mean", self.seq_len_mean)
-        positive_int("seed", self.seed, low=0)
-        if self.num_categories > self.num_items:
-            raise ValueError(f"num_categories ({self.num_categories}) must not exceed num_items ({self.num_items})")
-        if self.categories_per_segment > self.num_categories:
-            raise ValueError(
-                f"categories_per_segment ({self.categories_per_segment}) must not exceed "
-                f"num_categories ({self.num_categories})"
-            )
-        shares = ("follow_prob", "hour_effect", "freshness_effect")
-        for key, low, high in [(key, 0.0, 1.0) for key in shares] + [("zipf_exponent", 0.0, math.inf)]:
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value <= high:
-                bounds = f"in [{low}, {high}]" if high < math.inf else f">= {low}"
-                raise ValueError(f"{key} must be a number {bounds}, got {short(value)}")
-            if not math.isfinite(value):
-                raise ValueError(f"{key} must be finite, got {short(value)}")
+        check_generator(self, shares=("follow_prob", "hour_effect", "freshness_effect"))
 
     def files(self) -> list[Path]:
         return []

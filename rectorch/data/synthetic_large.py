@@ -32,8 +32,6 @@ at ``num_items``. Memory: the catalogue (O(num_items)) plus one chunk's (users_p
 
 import dataclasses
 import json
-import math
-import numbers
 import os
 import time
 from collections.abc import Iterator
@@ -49,7 +47,7 @@ from rectorch.data import columns as C
 from rectorch.data.arguments import positive_int
 from rectorch.data.cells import short
 from rectorch.data.errors import DataError
-from rectorch.data.synthetic import DAY, EPOCH, _Catalog
+from rectorch.data.synthetic import DAY, EPOCH, _Catalog, check_generator
 
 OFF_TASTE = 0.4  # taste mass on a uniform category: 0.02 × 20 categories, as in SyntheticSource's default
 USER_BITS = 40  # user ids hash the index with a bijection of [0, 2**40): odd multipliers and xor-shifts
@@ -99,26 +97,10 @@ class LargeSyntheticWriter:
     users_per_chunk: int = 100_000
 
     def __post_init__(self) -> None:
-        for key in ("num_users", "num_items", "num_categories", "num_segments", "categories_per_segment"):
-            positive_int(key, getattr(self, key))
+        check_generator(self, shares=("follow_prob",), min_seq_len=5)
         positive_int("users_per_chunk", self.users_per_chunk)
-        positive_int("seq_len_mean", self.seq_len_mean, low=5)
-        positive_int("seed", self.seed, low=0)
         if self.num_users > 2**USER_BITS:
             raise ValueError(f"num_users must be at most 2**{USER_BITS}, got {self.num_users}")
-        if self.num_categories > self.num_items:
-            raise ValueError(f"num_categories ({self.num_categories}) must not exceed num_items ({self.num_items})")
-        if self.categories_per_segment > self.num_categories:
-            raise ValueError(
-                f"categories_per_segment ({self.categories_per_segment}) must not exceed "
-                f"num_categories ({self.num_categories})"
-            )
-        for key, high in (("follow_prob", 1.0), ("zipf_exponent", math.inf)):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= high:
-                raise ValueError(f"{key} must be a number in [0, {high}], got {short(value)}")
-            if not math.isfinite(value):
-                raise ValueError(f"{key} must be finite, got {short(value)}")
 
     @property
     def num_chunks(self) -> int:
